@@ -1,0 +1,88 @@
+"""Global settings (``stp.settings``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ._logging import logger
+
+_VERBOSITY = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+class Settings:
+    """Package-wide settings.
+
+    Attributes
+    ----------
+    device
+        ``"auto"`` (cuda → mps → cpu), or any torch device string.
+    seed
+        Default random seed for training and data splits.
+    num_workers
+        Default number of data-loading worker processes (``0`` loads in the main process).
+    datasetdir
+        Cache folder for downloaded datasets. Defaults to ``$STPREDICT_DATA_DIR`` or the
+        platform cache (``pooch.os_cache("stpredict")``).
+    datasets_url
+        Base URL of a mirror laid out like the published data (``<url>/her2st/ST-cnts/C2.tsv.gz``).
+        Defaults to ``$STPREDICT_DATASETS_URL``; ``None`` uses the public URLs.
+    """
+
+    def __init__(self) -> None:
+        self.device: str = "auto"
+        self.seed: int = 0
+        self.num_workers: int = 0
+        self._datasetdir: Path | None = None
+        self._datasets_url: str | None = None
+        self._verbosity = 2
+        self.verbosity = 2
+
+    @property
+    def verbosity(self) -> int:
+        """0 errors, 1 warnings, 2 info (default), 3 debug."""
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        if value not in _VERBOSITY:
+            raise ValueError(f"settings.verbosity must be one of {sorted(_VERBOSITY)}, got {value!r}.")
+        self._verbosity = value
+        logger.setLevel(_VERBOSITY[value])
+
+    @property
+    def datasetdir(self) -> Path:
+        """Cache folder for downloaded datasets."""
+        if self._datasetdir is not None:
+            return self._datasetdir
+        env = os.environ.get("STPREDICT_DATA_DIR")
+        if env:
+            return Path(env)
+        import pooch
+
+        return Path(pooch.os_cache("stpredict"))
+
+    @datasetdir.setter
+    def datasetdir(self, value: str | os.PathLike | None) -> None:
+        self._datasetdir = None if value is None else Path(value)
+
+    @property
+    def datasets_url(self) -> str | None:
+        """Base URL of a dataset mirror (``None``: the public URLs)."""
+        if self._datasets_url is not None:
+            return self._datasets_url
+        return os.environ.get("STPREDICT_DATASETS_URL") or None
+
+    @datasets_url.setter
+    def datasets_url(self, value: str | None) -> None:
+        self._datasets_url = value
+
+    def __repr__(self) -> str:
+        return (
+            f"stpredict settings: device={self.device!r}, seed={self.seed}, num_workers={self.num_workers}, "
+            f"verbosity={self.verbosity}, datasetdir={str(self.datasetdir)!r}, datasets_url={self.datasets_url!r}"
+        )
+
+
+settings = Settings()

@@ -1,0 +1,49 @@
+"""Shared fixtures. Real-data tests read ../shared/data and skip when it is absent."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("STPREDICT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set STPREDICT_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder with the real her2st and mouse olfactory bulb files."""
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def her2st_dir(shared_data) -> Path:
+    return _need(shared_data / "her2st")
+
+
+@pytest.fixture(scope="session")
+def mob_dir(shared_data) -> Path:
+    return _need(shared_data / "stutility-mob")
+
+
+@pytest.fixture(autouse=True)
+def _propagate_stpredict_logs():
+    """Let pytest's ``caplog`` see the package logger (which does not propagate by default)."""
+    logger = logging.getLogger("stpredict")
+    old = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = old
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never touch the user's dataset cache from tests."""
+    monkeypatch.setenv("STPREDICT_DATA_DIR", str(tmp_path_factory.getbasetemp() / "stpredict-cache"))
