@@ -1,0 +1,91 @@
+"""Shared input checks. Each raises a clear error naming the object, the key and the expectation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def check_obs_names(names: Sequence[Any] | pd.Index, *, what: str = "adata.obs_names") -> pd.Index:
+    """Return ``names`` as a string index; raise on missing (empty/NaN) or duplicate names."""
+    index = pd.Index(names)
+    if index.isna().any():
+        raise ValueError(
+            f"{what} has {int(index.isna().sum())} missing (NaN) name(s); expected unique spot ids."
+        )
+    index = index.astype(str)
+    empty = index == ""
+    if empty.any():
+        raise ValueError(f"{what} has {int(empty.sum())} empty name(s); expected unique spot ids.")
+    if index.has_duplicates:
+        dup = index[index.duplicated()].unique().tolist()
+        raise ValueError(
+            f"{what} has {len(dup)} duplicated name(s), e.g. {dup[:5]}; expected unique spot ids "
+            "(call `adata.obs_names_make_unique()`)."
+        )
+    return index
+
+
+def check_coordinates(coords: Any, n: int, *, what: str) -> np.ndarray:
+    """Return ``coords`` as float64 ``(n, 2)``; raise on a wrong shape or non-finite values."""
+    try:
+        arr = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} must be numeric, got {type(coords).__name__}: {err}") from err
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 2:
+        raise ValueError(f"{what} must have shape ({n}, 2) (x, y per spot), got {arr.shape}.")
+    arr = arr[:, :2]
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{what} has {int(bad.sum())} spot(s) with NaN or infinite coordinates "
+            f"(rows {np.flatnonzero(bad)[:5].tolist()}); expected finite x, y."
+        )
+    return arr
+
+
+def check_image(array: Any, *, what: str) -> tuple[int, int, int]:
+    """Check an ``H x W x C`` image (C = 3 or 4; uint8 or float in [0, 1]); return ``(H, W, C)``."""
+    shape = tuple(getattr(array, "shape", ()))
+    if len(shape) != 3 or shape[2] not in (3, 4) or shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"{what} must be an H x W x 3 (RGB) or H x W x 4 (RGBA) image, got shape {shape}.")
+    dtype = np.dtype(getattr(array, "dtype", np.float64))
+    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"{what} must be uint8 or float in [0, 1], got dtype {dtype}.")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def check_inside(centers: np.ndarray, height: int, width: int, names: pd.Index, *, what: str) -> None:
+    """Raise when a spot centre lies outside ``[0, W) x [0, H)``."""
+    out = (centers[:, 0] < 0) | (centers[:, 0] >= width) | (centers[:, 1] < 0) | (centers[:, 1] >= height)
+    if out.any():
+        ex = [f"{names[i]} at ({centers[i, 0]:.1f}, {centers[i, 1]:.1f})" for i in np.flatnonzero(out)[:3]]
+        raise ValueError(
+            f"{what}: {int(out.sum())} spot centre(s) lie outside the {width} x {height} px image, e.g. "
+            f"{ex}; expected x in [0, {width}) and y in [0, {height}) (wrong image or scale factor?)."
+        )
+
+
+def check_positive(value: Any, *, what: str) -> float:
+    """Return ``value`` as a finite positive float or raise."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} must be a positive number, got {value!r}.") from err
+    if not np.isfinite(out) or out <= 0:
+        raise ValueError(f"{what} must be a finite positive number, got {value!r}.")
+    return out
+
+
+def check_pair(value: Any, *, what: str) -> tuple[float, float]:
+    """A positive number or a pair of them (x, y) → ``(x, y)``."""
+    if np.ndim(value) == 0:
+        v = check_positive(value, what=what)
+        return v, v
+    vals = list(np.asarray(value, dtype=object).ravel())
+    if len(vals) != 2:
+        raise ValueError(f"{what} must be a number or an (x, y) pair, got {value!r}.")
+    return check_positive(vals[0], what=what), check_positive(vals[1], what=what)

@@ -1,0 +1,33 @@
+"""Spots, slide images, patches and the torch dataset.
+
+:class:`SpotData` and :class:`SlideImage` load without torch; :class:`PatchDataset`,
+:func:`to_tensor`, :func:`neighbourhood_batches` and the ImageNet constants import torch on first
+access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._patches import SlideImage
+from ._spotdata import DEFAULT_SPOT_DIAMETER_UM, SpotData
+
+_TORCH_NAMES = ("PatchDataset", "to_tensor", "neighbourhood_batches", "IMAGENET_MEAN", "IMAGENET_STD")
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dataset import IMAGENET_MEAN, IMAGENET_STD, PatchDataset, neighbourhood_batches, to_tensor
+
+__all__ = ["SpotData", "SlideImage", "DEFAULT_SPOT_DIAMETER_UM", *_TORCH_NAMES]
+
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:
+        value = getattr(importlib.import_module("._dataset", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stpredict.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
