@@ -1,0 +1,522 @@
+"""The module base classes and the user-facing fitted model :class:`STPredictModel`."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._encoders import build_image_encoder
+from ._layers import ProjectionHead
+
+__all__ = ["RetrievalModule", "ContrastiveModule", "STPredictModel"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RetrievalModule(nn.Module):
+    """Base class of the image–expression retrieval models in :data:`stpredict.models.METHODS`.
+
+    A subclass defines ``name``, ``presets`` (hyper-parameters per preset), ``training``
+    (training defaults per preset), ``encode_image``, ``encode_expression`` and ``forward``.
+
+    Attributes
+    ----------
+    n_genes
+        Length of the expression vectors.
+    config
+        The JSON-able hyper-parameters the module was built with (``preset`` included).
+    spot_context
+        What the expression encoder attends over: ``"none"`` (each spot alone), ``"batch"``
+        (the spots of the batch form one set) or ``"slide"`` (batches of neighbouring spots of
+        one slide; the training loop should then use a neighbourhood batch sampler).
+    eval_set_size
+        For set-based expression encoders: the number of consecutive spots embedded together at
+        inference; ``None`` when embeddings do not depend on other spots.
+    """
+
+    name: ClassVar[str] = ""
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    training_presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    spot_context: str = "none"
+    eval_set_size: int | None = None
+
+    def __init__(self, n_genes: int, config: dict[str, Any]) -> None:
+        super().__init__()
+        if not isinstance(n_genes, (int, np.integer)) or n_genes < 1:
+            raise ValueError(f"{type(self).__name__}: n_genes={n_genes!r}; expected a positive integer.")
+        if config.get("preset", "paper") not in self.presets:
+            raise ValueError(
+                f"{type(self).__name__}: preset={config.get('preset')!r}; "
+                f"expected one of {sorted(self.presets)}."
+            )
+        self.n_genes = int(n_genes)
+        self.config = copy.deepcopy(config)
+
+    @classmethod
+    def default_config(cls, preset: str = "paper") -> dict[str, Any]:
+        """Hyper-parameters of a preset (JSON-able), to pass as ``cls(n_genes, **config)``.
+
+        Parameters
+        ----------
+        preset
+            ``"paper"`` (the authors' code), ``"cpu"`` (trains in minutes on a laptop),
+            ``"tiny"`` (unit tests and docs), and method-specific ones.
+        """
+        if preset not in cls.presets:
+            raise ValueError(
+                f"{cls.__name__}.default_config: preset={preset!r}; expected one of {sorted(cls.presets)}."
+            )
+        params = inspect.signature(cls.__init__).parameters
+        config = {
+            name: copy.deepcopy(p.default)
+            for name, p in params.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+        }
+        config.update(copy.deepcopy(cls.presets[preset]))
+        config["preset"] = preset
+        return config
+
+    @property
+    def training_defaults(self) -> dict[str, Any]:
+        """Optimiser, learning rate, epochs, batch size, image size and retrieval defaults."""
+        preset = self.config.get("preset", "paper")
+        defaults = copy.deepcopy(self.training_presets.get(preset, self.training_presets["paper"]))
+        defaults["image_size"] = int(self.config.get("image_size", defaults.get("image_size", 224)))
+        return defaults
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the shared embedding space."""
+        return int(self.config["dim"])
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Embed normalised images ``[B, 3, S, S]`` → ``[B, D]``."""
+        raise NotImplementedError
+
+    def encode_expression(self, expression: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed log-normalised expression ``[B, G]`` (and grid coordinates ``[B, 2]``) → ``[B, D]``."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses of a batch (``"image"``, ``"expression"``, ``"coords"``); ``"loss"`` is minimised."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"n_genes={self.n_genes}, preset={self.config.get('preset')!r}"
+
+
+def _jsonable_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """Copy backbone kwargs with tuples as lists, so the config survives a JSON round trip."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in (kwargs or {}).items()}
+
+
+def _pool_tokens(features: torch.Tensor) -> torch.Tensor:
+    """Mean over all tokens (class token included) for token outputs; pooled features pass through."""
+    return features.mean(dim=1) if features.ndim == 3 else features
+
+
+class ContrastiveModule(RetrievalModule):
+    """A two-tower module: timm image encoder → projection head, expression → projection head.
+
+    Subclasses choose the expression encoder and the loss.
+    """
+
+    def _build_image_tower(self) -> None:
+        cfg = self.config
+        self.image_encoder = build_image_encoder(
+            cfg["backbone"],
+            pretrained=cfg.get("pretrained", False),
+            weights_path=cfg.get("weights_path"),
+            image_size=cfg["image_size"],
+            # JSON stores tuples (e.g. DenseNet's block_config) as lists; timm expects tuples
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("backbone_kwargs", {}).items()},
+        )
+        self.image_projection = ProjectionHead(self.image_encoder.out_dim, cfg["dim"], cfg["dropout"])
+
+    def _check_image(self, image: torch.Tensor) -> None:
+        size = self.config["image_size"]
+        if image.ndim != 4 or image.shape[1] != 3 or image.shape[2] != size or image.shape[3] != size:
+            raise ValueError(
+                f"{type(self).__name__}.encode_image: image has shape {tuple(image.shape)}; "
+                f"expected [B, 3, {size}, {size}] (config image_size={size})."
+            )
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        self._check_image(image)
+        return self.image_projection(_pool_tokens(self.image_encoder(image)))
+
+    def _check_expression(self, expression: torch.Tensor) -> None:
+        if expression.ndim != 2 or expression.shape[1] != self.n_genes:
+            raise ValueError(
+                f"{type(self).__name__}.encode_expression: expression has shape {tuple(expression.shape)}; "
+                f"expected [B, {self.n_genes}]."
+            )
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _to_tensor(patches: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalise uint8 patches ``(n, S, S, 3)`` → float32 ``[n, 3, S, S]`` (via the data layer)."""
+    try:
+        from stpredict.data import to_tensor
+    except ImportError:  # data layer not importable: same contract, local implementation
+        x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div_(255.0)
+        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        return (x - m) / s
+    return to_tensor(patches, mean, std)
+
+
+class STPredictModel:
+    """A fitted image → expression retrieval model with its reference bank.
+
+    Usually created by :func:`stpredict.tl.fit` and read back with :func:`stpredict.models.load`.
+
+    Parameters
+    ----------
+    method
+        Key in :data:`stpredict.models.METHODS` (``"cmrcnet"``, ``"bleep"``, ``"mclstexp"``).
+    module
+        The trained :class:`RetrievalModule`.
+    genes
+        Gene names, in the order of the expression vectors.
+    normalization
+        How expression was normalised (e.g. ``{"target_sum": 1e4, "log1p": True}``).
+    patch
+        Patch parameters: ``patch_size_um``, ``size`` (pixels fed to the model), ``mean``,
+        ``std``. Defaults: 112 µm, the module's image size, ImageNet statistics.
+    retrieval
+        Retrieval defaults ``{"k": ..., "weighting": ...}``; default from the module.
+    bank
+        Reference bank (see :meth:`set_bank`); can be set later.
+    history
+        Training history, one dict per epoch.
+    training
+        Training parameters (epochs, batch size, device, checkpoint folder, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stpredict as stp
+    >>> from stpredict.models import CMRCNet, STPredictModel
+    >>> module = CMRCNet(20, **CMRCNet.default_config("tiny"))
+    >>> model = STPredictModel("cmrcnet", module, genes=[f"g{i}" for i in range(20)])
+    >>> model.embed_images(np.zeros((2, 32, 32, 3), np.uint8), progress=False).shape
+    (2, 32)
+    """
+
+    def __init__(
+        self,
+        method: str,
+        module: RetrievalModule,
+        *,
+        genes: Sequence[str],
+        normalization: dict[str, Any] | None = None,
+        patch: dict[str, Any] | None = None,
+        retrieval: dict[str, Any] | None = None,
+        bank: dict[str, np.ndarray] | None = None,
+        history: list[dict[str, Any]] | None = None,
+        training: dict[str, Any] | None = None,
+    ) -> None:
+        from . import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"STPredictModel: method={method!r}; expected one of {sorted(METHODS)}.")
+        if not isinstance(module, METHODS[method]):
+            raise TypeError(
+                f"STPredictModel: module is a {type(module).__name__}; expected {METHODS[method].__name__} "
+                f"for method={method!r}."
+            )
+        genes = [str(g) for g in genes]
+        if len(genes) != module.n_genes:
+            raise ValueError(
+                f"STPredictModel: {len(genes)} genes given but the module expects {module.n_genes}."
+            )
+        if len(set(genes)) != len(genes):
+            raise ValueError("STPredictModel: genes contain duplicates.")
+        defaults = module.training_defaults
+        self.method = method
+        self.module = module
+        self.genes = genes
+        self.normalization = dict(normalization or {})
+        self.patch = {
+            "patch_size_um": 112.0,
+            "size": int(module.config.get("image_size", defaults["image_size"])),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            **(patch or {}),
+        }
+        self.retrieval = {**defaults["retrieval"], **(retrieval or {})}
+        self.history = list(history or [])
+        self.training = dict(training or {})
+        self.bank: dict[str, np.ndarray] | None = None
+        if bank is not None:
+            self.set_bank(**bank)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> dict[str, Any]:
+        """The module's hyper-parameters."""
+        return self.module.config
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the embeddings."""
+        return self.module.embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's weights are."""
+        return next(self.module.parameters()).device
+
+    # ------------------------------------------------------------------ embedding
+    def embed_images(
+        self,
+        patches: np.ndarray,
+        *,
+        batch_size: int = 256,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Embed H&E patches with the image encoder.
+
+        Parameters
+        ----------
+        patches
+            ``uint8`` array ``(n, S, S, 3)`` with ``S == model.patch["size"]``.
+        batch_size
+            Patches per forward pass.
+        device
+            ``"cpu"``, ``"cuda"``, ``"auto"``, ...; the module is moved there.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        ``float32`` array ``(n, D)``.
+        """
+        from tqdm.auto import tqdm
+
+        patches = np.asarray(patches)
+        size = self.patch["size"]
+        if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (size, size, 3):
+            raise ValueError(
+                f"STPredictModel.embed_images: patches have dtype {patches.dtype} and shape {patches.shape}; "
+                f"expected uint8 (n, {size}, {size}, 3) (model.patch['size']={size})."
+            )
+        dev = _resolve_device(device)
+        self.module.to(dev)
+        out = np.empty((len(patches), self.embedding_dim), dtype=np.float32)
+        with _eval_mode(self.module), torch.inference_mode():
+            for start in tqdm(
+                range(0, len(patches), batch_size), disable=not progress, desc="embedding images"
+            ):
+                chunk = _to_tensor(patches[start : start + batch_size], self.patch["mean"], self.patch["std"])
+                emb = self.module.encode_image(chunk.to(dev))
+                out[start : start + len(chunk)] = emb.float().cpu().numpy()
+        return out
+
+    def embed_expression(
+        self,
+        expression: np.ndarray,
+        coords: np.ndarray | None = None,
+        *,
+        batch_size: int = 1024,
+        device: str | torch.device = "cpu",
+    ) -> np.ndarray:
+        """Embed log-normalised expression with the expression encoder.
+
+        Set-based encoders (mclSTExp) embed consecutive sets of ``module.eval_set_size`` spots
+        together, as in the authors' evaluation; other encoders treat each spot alone.
+
+        Parameters
+        ----------
+        expression
+            ``(n, G)`` log-normalised expression in the order of ``model.genes``.
+        coords
+            ``(n, 2)`` integer grid coordinates (x, y); required by mclSTExp.
+        batch_size
+            Spots per forward pass (for encoders that do not attend across spots).
+        device
+            Where to compute.
+
+        Returns
+        -------
+        ``float32`` array ``(n, D)``.
+        """
+        expression = np.asarray(expression, dtype=np.float32)
+        if expression.ndim != 2 or expression.shape[1] != len(self.genes):
+            raise ValueError(
+                f"STPredictModel.embed_expression: expression has shape {expression.shape}; "
+                f"expected (n, {len(self.genes)}) for the model's genes."
+            )
+        if coords is not None:
+            coords = np.asarray(coords)
+            if coords.shape != (len(expression), 2):
+                raise ValueError(
+                    f"STPredictModel.embed_expression: coords has shape {coords.shape}; "
+                    f"expected ({len(expression)}, 2)."
+                )
+        dev = _resolve_device(device)
+        self.module.to(dev)
+        step = self.module.eval_set_size or batch_size
+        out = np.empty((len(expression), self.embedding_dim), dtype=np.float32)
+        with _eval_mode(self.module), torch.inference_mode():
+            for start in range(0, len(expression), step):
+                expr = torch.from_numpy(expression[start : start + step]).to(dev)
+                xy = (
+                    None
+                    if coords is None
+                    else torch.as_tensor(coords[start : start + step], dtype=torch.long, device=dev)
+                )
+                out[start : start + len(expr)] = self.module.encode_expression(expr, xy).float().cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------ bank
+    def set_bank(
+        self,
+        expression: np.ndarray,
+        embeddings: np.ndarray | None = None,
+        *,
+        library_id: Sequence[str],
+        obs_names: Sequence[str],
+        coords: np.ndarray | None = None,
+        batch_size: int = 1024,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        """Set the reference bank that predictions retrieve from.
+
+        Parameters
+        ----------
+        expression
+            ``(n, G)`` log-normalised expression of the reference spots.
+        embeddings
+            ``(n, D)`` their expression embeddings; computed with :meth:`embed_expression`
+            when omitted.
+        library_id
+            Slide of each reference spot.
+        obs_names
+            Spot ids.
+        coords
+            ``(n, 2)`` grid coordinates (needed to embed for mclSTExp; stored when given).
+        batch_size, device
+            Passed to :meth:`embed_expression`.
+        """
+        expression = np.asarray(expression, dtype=np.float32)
+        n = len(expression)
+        if expression.ndim != 2 or expression.shape[1] != len(self.genes):
+            raise ValueError(
+                f"STPredictModel.set_bank: expression has shape {expression.shape}; "
+                f"expected (n, {len(self.genes)})."
+            )
+        library_id = np.asarray(library_id).astype(str)
+        obs_names = np.asarray(obs_names).astype(str)
+        for key, arr in (("library_id", library_id), ("obs_names", obs_names)):
+            if arr.shape != (n,):
+                raise ValueError(f"STPredictModel.set_bank: {key} has shape {arr.shape}; expected ({n},).")
+        if coords is not None:
+            coords = np.asarray(coords, dtype=np.int64)
+            if coords.shape != (n, 2):
+                raise ValueError(
+                    f"STPredictModel.set_bank: coords has shape {coords.shape}; expected ({n}, 2)."
+                )
+        if embeddings is None:
+            embeddings = self.embed_expression(expression, coords, batch_size=batch_size, device=device)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (n, self.embedding_dim):
+            raise ValueError(
+                f"STPredictModel.set_bank: embeddings have shape {embeddings.shape}; "
+                f"expected ({n}, {self.embedding_dim})."
+            )
+        if not (np.isfinite(expression).all() and np.isfinite(embeddings).all()):
+            raise ValueError("STPredictModel.set_bank: expression or embeddings contain NaN or inf.")
+        bank = {
+            "expression": expression,
+            "embeddings": embeddings,
+            "library_id": library_id,
+            "obs_names": obs_names,
+        }
+        if coords is not None:
+            bank["coords"] = coords
+        self.bank = bank
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model to a folder (``model.safetensors``, ``bank.safetensors``, ``config.json``).
+
+        Parameters
+        ----------
+        path
+            Folder to create.
+        overwrite
+            Replace the model files in an existing non-empty folder.
+
+        Returns
+        -------
+        The folder.
+        """
+        from ._io import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> STPredictModel:
+        """Read a model written by :meth:`save` (no pickled code is executed).
+
+        Parameters
+        ----------
+        path
+            The model folder.
+        device
+            Where to put the module.
+        """
+        from ._io import load_model
+
+        return load_model(path, device=device)
+
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.module.parameters())
+        lines = [
+            f"STPredictModel(method={self.method!r}, preset={self.config.get('preset')!r})",
+            f"    genes: {len(self.genes)}, embedding dim: {self.embedding_dim}, parameters: {n_params:,}",
+            f"    patches: {self.patch['patch_size_um']:g} µm → {self.patch['size']} px",
+            f"    retrieval: k={self.retrieval.get('k')}, weighting={self.retrieval.get('weighting')!r}",
+        ]
+        if self.bank is None:
+            lines.append("    bank: not set")
+        else:
+            n_slides = len(np.unique(self.bank["library_id"]))
+            lines.append(f"    bank: {len(self.bank['expression'])} spots from {n_slides} slide(s)")
+        if self.history:
+            lines.append(f"    trained: {len(self.history)} epoch(s)")
+        return "\n".join(lines)
+
+
+class _eval_mode:
+    """Context manager: module in eval mode, previous mode restored afterwards."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.train(self.was_training)

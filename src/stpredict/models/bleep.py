@@ -1,0 +1,134 @@
+"""BLEEP (Xie et al., NeurIPS 2023): image and expression projected into one space, soft CLIP loss."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ._base import ContrastiveModule, _jsonable_kwargs
+from ._layers import ProjectionHead
+from ._losses import soft_clip_loss
+
+__all__ = ["BLEEP"]
+
+_TRAINING = {
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "weight_decay": 1e-3,
+    "lr_min": 1e-5,
+    "scheduler": "cosine",
+    "epochs": 60,
+    "batch_size": 64,
+    "drop_last": True,
+    "augment": True,
+    "retrieval": {"k": 50, "weighting": "mean"},
+}
+
+
+class BLEEP(ContrastiveModule):
+    """BLEEP: timm image encoder → projection head; expression → projection head.
+
+    Trained with the soft-target CLIP loss (:func:`~stpredict.models.soft_clip_loss`);
+    predictions retrieve the top-50 reference spots by cosine similarity and average them.
+
+    Presets: ``"paper"`` (ResNet-50 at 224 px, ImageNet-pretrained as in the authors' code, so
+    it needs the network once), ``"cpu"`` (ResNet-18 at 112 px from scratch) and ``"tiny"``
+    (a ResNet with one narrow block per stage at 32 px, for tests). In-batch contrastive losses need large
+    batches: users of the authors' code report collapse with small batches (see docs).
+
+    Parameters
+    ----------
+    n_genes
+        Length of the expression vectors.
+    preset
+        Name of the preset these values came from (selects the training defaults).
+    backbone
+        timm model name. ViT backbones are mean-pooled over all tokens.
+    backbone_kwargs
+        Extra arguments for :func:`timm.create_model`.
+    image_size
+        Input size in pixels.
+    pretrained
+        Load timm's pretrained weights (network).
+    weights_path
+        Local ``.safetensors``/``.pth`` weights for the backbone.
+    dim
+        Embedding width.
+    dropout
+        Dropout of the projection heads.
+    temperature
+        τ of the loss.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stpredict.models import BLEEP
+    >>> module = BLEEP(20, **BLEEP.default_config("tiny"))
+    >>> batch = {"image": torch.randn(4, 3, 32, 32), "expression": torch.rand(4, 20)}
+    >>> sorted(module(batch))
+    ['contrastive', 'loss']
+    """
+
+    name: ClassVar[str] = "bleep"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"backbone": "resnet50", "backbone_kwargs": {}, "image_size": 224, "pretrained": True},
+        "cpu": {"backbone": "resnet18", "backbone_kwargs": {}, "image_size": 112, "pretrained": False},
+        "tiny": {
+            "backbone": "resnet18",
+            "backbone_kwargs": {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]},
+            "image_size": 32,
+            "pretrained": False,
+            "dim": 32,
+        },
+    }
+    training_presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {**_TRAINING, "image_size": 224},
+        "cpu": {**_TRAINING, "epochs": 30, "image_size": 112},
+        "tiny": {**_TRAINING, "epochs": 2, "batch_size": 16, "image_size": 32},
+    }
+
+    def __init__(
+        self,
+        n_genes: int,
+        *,
+        preset: str = "paper",
+        backbone: str = "resnet50",
+        backbone_kwargs: dict[str, Any] | None = None,
+        image_size: int = 224,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        dim: int = 256,
+        dropout: float = 0.1,
+        temperature: float = 1.0,
+    ) -> None:
+        config = {
+            "preset": preset,
+            "backbone": backbone,
+            "backbone_kwargs": _jsonable_kwargs(backbone_kwargs),
+            "image_size": int(image_size),
+            "pretrained": bool(pretrained),
+            "weights_path": None if weights_path is None else str(weights_path),
+            "dim": int(dim),
+            "dropout": float(dropout),
+            "temperature": float(temperature),
+        }
+        self._init_two_tower(n_genes, config)
+
+    def _init_two_tower(self, n_genes: int, config: dict[str, Any]) -> None:
+        super().__init__(n_genes, config)
+        self._build_image_tower()
+        self.expression_projection = ProjectionHead(self.n_genes, config["dim"], config["dropout"])
+
+    def encode_expression(  # noqa: D102
+        self, expression: torch.Tensor, coords: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self._check_expression(expression)
+        return self.expression_projection(expression)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Soft-target contrastive loss of a batch (``"loss"`` = ``"contrastive"``, its mean)."""
+        img = self.encode_image(batch["image"])
+        expr = self.encode_expression(batch["expression"], batch.get("coords"))
+        loss = soft_clip_loss(expr, img, self.config["temperature"], reduction="mean")
+        return {"loss": loss, "contrastive": loss.detach()}
