@@ -1,0 +1,540 @@
+"""The training loop shared by every method.
+
+:func:`train_module` trains any module that follows the ``RetrievalModule`` contract
+(``forward(batch) -> {"loss": ..., <parts>: ...}``) with AdamW/Adam, per-epoch cosine annealing,
+bf16 autocast on CUDA, per-epoch checkpoints, exact resume and Ctrl-C handling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._logging import logger
+from .retrieval import resolve_device
+
+__all__ = ["TrainResult", "train_module", "load_checkpoint"]
+
+CHECKPOINT_NAME = "last.pt"
+_OPTIMIZERS = ("adamw", "adam")
+_SCHEDULERS = ("cosine", None)
+_CKPT_FORMAT = 1
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_module` returns.
+
+    Attributes
+    ----------
+    history
+        One dict per completed epoch (resumed epochs included): ``epoch`` (1-based), ``lr``,
+        ``train_loss``, ``train_<part>``, ``val_loss``/``val_<part>`` (with a validation set),
+        ``seconds`` (whole epoch) and ``images_per_s`` (training phase).
+    best_epoch
+        1-based epoch with the lowest validation loss (training loss without a validation set);
+        ``0`` if no epoch completed.
+    best_state
+        ``state_dict`` of the module at ``best_epoch``, on CPU.
+    interrupted
+        Whether training stopped early on Ctrl-C (``KeyboardInterrupt``).
+    epochs_run
+        Epochs completed in total, resumed ones included (``len(history)``).
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    interrupted: bool = False
+    epochs_run: int = 0
+
+
+def _jsonable(obj: Any) -> Any:
+    """Normalise a fingerprint so that tuples/lists, numpy scalars, paths compare equal after saving."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, Mapping):
+        for key in ("index", "image", "expression"):
+            if key in batch and isinstance(batch[key], torch.Tensor):
+                return int(batch[key].shape[0])
+        for v in batch.values():
+            if isinstance(v, torch.Tensor) and v.ndim:
+                return int(v.shape[0])
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    raise TypeError("Cannot tell the batch size: batches must be dicts of tensors (see PatchDataset).")
+
+
+def _checkpoint_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p / CHECKPOINT_NAME if p.is_dir() or p.suffix != ".pt" else p
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train_module` without executing pickled code.
+
+    Parameters
+    ----------
+    path
+        A checkpoint folder (its ``last.pt`` is read) or the file itself.
+
+    Returns
+    -------
+    The checkpoint dict: ``module``, ``optimizer``, ``scheduler`` (state dicts), ``epoch``
+    (epochs completed), ``history``, ``best_state``, ``best_epoch``, ``fingerprint`` and
+    ``train_config``.
+
+    Examples
+    --------
+    >>> from stpredict.train import load_checkpoint
+    >>> ckpt = load_checkpoint("checkpoints")  # doctest: +SKIP
+    >>> ckpt["epoch"], ckpt["history"][-1]["val_loss"]  # doctest: +SKIP
+    """
+    file = _checkpoint_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"No checkpoint at {file}; train with checkpoint_dir={str(file.parent)!r} first, "
+            "or pass resume=False."
+        )
+    ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CKPT_FORMAT:
+        raise ValueError(f"{file} is not a stpredict training checkpoint (format {_CKPT_FORMAT}).")
+    return ckpt
+
+
+def _save_checkpoint(file: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, file)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _run_epoch(
+    module: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    autocast: bool,
+    optimizer: torch.optim.Optimizer | None,
+    desc: str,
+    progress: bool,
+) -> tuple[dict[str, float], int, float]:
+    """One pass over ``loader``; trains when an optimizer is given. Returns size-weighted means."""
+    sums: dict[str, torch.Tensor] = {}
+    n_seen = 0
+    start = time.perf_counter()
+    train = optimizer is not None
+    module.train(train)
+    with torch.set_grad_enabled(train):
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            batch = _to_device(batch, device)
+            n = _batch_len(batch)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                losses = module(batch)
+            if not isinstance(losses, Mapping) or "loss" not in losses:
+                raise KeyError(
+                    f"{type(module).__name__}.forward must return a dict of losses with key 'loss', "
+                    f"got {type(losses).__name__}"
+                    + (f" with keys {sorted(losses)}" if isinstance(losses, Mapping) else "")
+                    + "."
+                )
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                optimizer.step()
+            for key, value in losses.items():
+                value = (
+                    value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+                )
+                sums[key] = sums.get(key, 0.0) + value.reshape(()) * n
+            n_seen += n
+    seconds = time.perf_counter() - start
+    if n_seen == 0:
+        raise ValueError(f"The {desc} data loader yielded no batches.")
+    return {k: float(v) / n_seen for k, v in sums.items()}, n_seen, seconds
+
+
+def train_module(
+    module: nn.Module,
+    train_dataset: torch.utils.data.Dataset,
+    val_dataset: torch.utils.data.Dataset | None = None,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: Literal["adamw", "adam"] = "adamw",
+    lr: float = 1e-4,
+    weight_decay: float = 1e-3,
+    lr_min: float = 1e-5,
+    scheduler: Literal["cosine"] | None = "cosine",
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool | str | os.PathLike = False,
+    fingerprint: Mapping[str, Any] | None = None,
+    num_workers: int = 0,
+    drop_last: bool = True,
+    batch_sampler: Iterable[Sequence[int]] | None = None,
+    progress: bool = True,
+    callbacks: Sequence[Callable[[int, dict[str, Any], nn.Module], Any]] = (),
+) -> TrainResult:
+    """Train a retrieval module (contrastive image–expression model).
+
+    Each epoch shuffles the training set with a generator seeded by ``seed + epoch`` and calls
+    ``torch.manual_seed(seed + epoch)`` first, so a resumed run reproduces an uninterrupted one
+    exactly (on CPU). After each epoch the module is evaluated on ``val_dataset``, the learning
+    rate is annealed, the best weights are kept and ``checkpoint_dir/last.pt`` is rewritten.
+
+    Parameters
+    ----------
+    module
+        An ``nn.Module`` whose ``forward(batch)`` returns a dict of scalar losses; ``"loss"`` is
+        minimised, the other entries are logged as parts. Batches are dicts of tensors
+        (``image``, ``expression``, ``coords``, ``index``) moved to ``device``. Trained in place.
+    train_dataset
+        Map-style dataset of training items (e.g. :class:`stpredict.data.PatchDataset`).
+    val_dataset
+        Optional validation items; selects the best epoch when given.
+    epochs
+        Total number of epochs (resumed epochs included).
+    batch_size
+        Items per batch. A training set smaller than ``batch_size`` is used as one smaller batch
+        (with a warning) instead of being dropped.
+    optimizer
+        ``"adamw"`` or ``"adam"``.
+    lr
+        Initial learning rate.
+    weight_decay
+        Weight decay (decoupled for AdamW, L2 for Adam).
+    lr_min
+        Final learning rate of the cosine schedule.
+    scheduler
+        ``"cosine"``: cosine annealing from ``lr`` to ``lr_min`` over ``epochs``, stepped once per
+        epoch; ``None``: constant ``lr``.
+    device
+        Torch device or name (``"auto"`` picks a GPU when there is one).
+    amp
+        bf16 autocast on CUDA (ignored on other devices).
+    seed
+        Base seed of the per-epoch shuffling and random state.
+    checkpoint_dir
+        Folder for ``last.pt`` (written after every epoch, atomically). ``None``: no checkpoints.
+    resume
+        ``True`` continues from ``checkpoint_dir/last.pt``; a path (folder or file) continues from
+        that checkpoint (and keeps checkpointing next to it when ``checkpoint_dir`` is ``None``).
+    fingerprint
+        JSON-able description of the model and data (method, config, genes, ...), stored in the
+        checkpoint and compared on resume; a mismatch is an error.
+    num_workers
+        Data-loading worker processes.
+    drop_last
+        Drop the last incomplete training batch (only when there is more than one batch).
+    batch_sampler
+        Yields lists of dataset indices per training batch (replaces ``batch_size``, shuffling and
+        ``drop_last``). If it has ``set_epoch(epoch)``, it is called before each epoch.
+    progress
+        Show a progress bar over epochs (and batches).
+    callbacks
+        Functions ``cb(epoch, history_entry, module)`` called after each epoch's checkpoint is
+        written.
+
+    Returns
+    -------
+    A :class:`TrainResult`. On Ctrl-C the run stops, the last completed epoch's checkpoint is
+    kept, a warning explains how to resume, and ``interrupted=True`` is returned with the best
+    state so far (the module's weights are left where training stopped). If no epoch had
+    completed the ``KeyboardInterrupt`` is re-raised. The module is left in eval mode.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from stpredict.train import train_module
+    >>> class Tiny(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.lin = nn.Linear(4, 1)
+    ...
+    ...     def forward(self, batch):
+    ...         loss = ((self.lin(batch["x"]).squeeze(1) - batch["y"]) ** 2).mean()
+    ...         return {"loss": loss}
+    >>> data = [{"x": torch.randn(4), "y": torch.tensor(1.0)} for _ in range(32)]
+    >>> res = train_module(Tiny(), data, epochs=2, batch_size=8, progress=False)
+    >>> len(res.history), res.best_epoch in (1, 2)
+    (2, True)
+    """
+    # ---- validate everything before touching the module or the disk
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
+    epochs = _check_positive_int(epochs, "epochs")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}.")
+    if scheduler not in _SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {scheduler!r}.")
+    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}.")
+    if not (isinstance(lr_min, int | float) and 0 <= lr_min <= lr):
+        raise ValueError(f"lr_min must be in [0, lr={lr}], got {lr_min!r}.")
+    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}.")
+    n_train = len(train_dataset)
+    if n_train == 0:
+        raise ValueError("train_dataset is empty; need at least one training item.")
+    if val_dataset is not None and len(val_dataset) == 0:
+        raise ValueError("val_dataset is empty; pass val_dataset=None to train without validation.")
+    callbacks = tuple(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables cb(epoch, entry, module), got {cb!r}.")
+    dev = resolve_device(device)
+    autocast = bool(amp) and dev.type == "cuda"
+
+    train_config = _jsonable(
+        {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "optimizer": optimizer,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "lr_min": lr_min,
+            "scheduler": scheduler,
+            "seed": seed,
+            "drop_last": drop_last,
+            "n_train": n_train,
+            "n_val": None if val_dataset is None else len(val_dataset),
+        }
+    )
+    fingerprint = _jsonable(dict(fingerprint) if fingerprint is not None else {})
+
+    ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    ckpt = None
+    if resume is not False and resume is not None:
+        if resume is True:
+            if ckpt_dir is None:
+                raise ValueError("resume=True needs checkpoint_dir (the folder holding last.pt).")
+            resume_file = ckpt_dir / CHECKPOINT_NAME
+        else:
+            resume_file = _checkpoint_path(resume)
+            if ckpt_dir is None:
+                ckpt_dir = resume_file.parent
+        ckpt = load_checkpoint(resume_file)
+        if ckpt.get("fingerprint") != fingerprint:
+            diff = sorted(
+                k
+                for k in set(ckpt.get("fingerprint", {})) | set(fingerprint)
+                if ckpt.get("fingerprint", {}).get(k) != fingerprint.get(k)
+            )
+            raise ValueError(
+                f"Checkpoint {resume_file} was written for a different model or data (fingerprint "
+                f"differs in {diff}); resume with the same settings or pass resume=False."
+            )
+        saved_cfg = ckpt.get("train_config", {})
+        diff = sorted(
+            k for k in set(saved_cfg) | set(train_config) if saved_cfg.get(k) != train_config.get(k)
+        )
+        if diff:
+            detail = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {train_config.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"Checkpoint {resume_file} used other training settings ({detail}); resume with the "
+                "same settings or pass resume=False."
+            )
+        try:
+            module.load_state_dict(ckpt["module"])
+        except RuntimeError as err:
+            raise ValueError(
+                f"Checkpoint {resume_file} does not match {type(module).__name__}'s parameters: {err}"
+            ) from err
+    elif ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
+        logger.warning(
+            f"{ckpt_dir / CHECKPOINT_NAME} exists and will be overwritten by a new run "
+            "(pass resume=True to continue it instead)."
+        )
+
+    # ---- set up model, optimizer, schedule
+    module.to(dev)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no trainable parameters.")
+    opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(params, lr=lr, weight_decay=weight_decay)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
+        if scheduler == "cosine"
+        else None
+    )
+
+    history: list[dict[str, Any]] = []
+    best_epoch, best_score, best_state = 0, math.inf, {}
+    start_epoch = 0
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        if sched is not None and ckpt.get("scheduler") is not None:
+            sched.load_state_dict(ckpt["scheduler"])
+        history = list(ckpt["history"])
+        best_epoch = int(ckpt["best_epoch"])
+        best_state = dict(ckpt["best_state"])
+        start_epoch = int(ckpt["epoch"])
+        if history:
+            best_score = min(h["val_loss" if "val_loss" in h else "train_loss"] for h in history)
+        logger.info(f"Resuming from {resume_file} after epoch {start_epoch} of {epochs}.")
+
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        logger.info(f"Writing checkpoints to {ckpt_dir} ({CHECKPOINT_NAME} after every epoch).")
+
+    train_bs = batch_size
+    train_drop_last = drop_last
+    if batch_sampler is None and n_train < batch_size:
+        logger.warning(
+            f"train_dataset has {n_train} items, fewer than batch_size={batch_size}; "
+            f"training on one batch of {n_train} per epoch."
+        )
+        train_bs, train_drop_last = n_train, False
+    pin = dev.type == "cuda"
+    val_loader = (
+        None
+        if val_dataset is None
+        else torch.utils.data.DataLoader(
+            val_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin
+        )
+    )
+
+    interrupted = False
+    epoch_bar = tqdm(
+        range(start_epoch, epochs), desc="epochs", total=epochs, initial=start_epoch, disable=not progress
+    )
+    try:
+        for epoch0 in epoch_bar:
+            epoch = epoch0 + 1
+            t0 = time.perf_counter()
+            torch.manual_seed(seed + epoch)
+            if batch_sampler is not None:
+                if hasattr(batch_sampler, "set_epoch"):
+                    batch_sampler.set_epoch(epoch)
+                loader = torch.utils.data.DataLoader(
+                    train_dataset,
+                    batch_sampler=batch_sampler,
+                    num_workers=num_workers,
+                    pin_memory=pin,
+                    generator=torch.Generator().manual_seed(seed + epoch),
+                )
+            else:
+                loader = torch.utils.data.DataLoader(
+                    train_dataset,
+                    batch_size=train_bs,
+                    shuffle=True,
+                    drop_last=train_drop_last,
+                    num_workers=num_workers,
+                    pin_memory=pin,
+                    generator=torch.Generator().manual_seed(seed + epoch),
+                )
+            current_lr = float(opt.param_groups[0]["lr"])
+            train_stats, n_images, train_seconds = _run_epoch(
+                module, loader, dev, autocast, opt, f"train {epoch}", progress
+            )
+            if not math.isfinite(train_stats["loss"]):
+                raise FloatingPointError(
+                    f"Training loss became {train_stats['loss']} in epoch {epoch}; try a lower lr "
+                    f"(now {current_lr:g}) or amp=False."
+                )
+            entry: dict[str, Any] = {"epoch": epoch, "lr": current_lr}
+            entry.update({f"train_{k}": v for k, v in train_stats.items()})
+            if val_loader is not None:
+                val_stats, _, _ = _run_epoch(
+                    module, val_loader, dev, autocast, None, f"val {epoch}", progress
+                )
+                entry.update({f"val_{k}": v for k, v in val_stats.items()})
+            if sched is not None:
+                sched.step()
+            entry["seconds"] = time.perf_counter() - t0
+            entry["images_per_s"] = n_images / train_seconds if train_seconds > 0 else float("nan")
+            history.append(entry)
+
+            score = entry["val_loss" if val_loader is not None else "train_loss"]
+            if score < best_score or not best_state:
+                best_epoch, best_score, best_state = epoch, score, _cpu_state(module)
+
+            if ckpt_dir is not None:
+                _save_checkpoint(
+                    ckpt_dir / CHECKPOINT_NAME,
+                    {
+                        "format": _CKPT_FORMAT,
+                        "module": _cpu_state(module),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": None if sched is None else sched.state_dict(),
+                        "epoch": epoch,
+                        "history": history,
+                        "best_state": best_state,
+                        "best_epoch": best_epoch,
+                        "fingerprint": fingerprint,
+                        "train_config": train_config,
+                    },
+                )
+            postfix = {"train_loss": f"{entry['train_loss']:.4g}"}
+            if "val_loss" in entry:
+                postfix["val_loss"] = f"{entry['val_loss']:.4g}"
+            epoch_bar.set_postfix(postfix)
+            for cb in callbacks:
+                cb(epoch, entry, module)
+    except KeyboardInterrupt:
+        if not history:
+            raise
+        interrupted = True
+        how = (
+            f"call again with resume=True and checkpoint_dir={str(ckpt_dir)!r}"
+            if ckpt_dir is not None
+            else "pass checkpoint_dir= next time to be able to resume"
+        )
+        logger.warning(
+            f"Training interrupted after {len(history)} completed epoch(s) of {epochs}; "
+            f"returning the best state so far (epoch {best_epoch}). To continue, {how}."
+        )
+    finally:
+        epoch_bar.close()
+        module.eval()
+
+    return TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_state=best_state,
+        interrupted=interrupted,
+        epochs_run=len(history),
+    )
