@@ -1,0 +1,356 @@
+"""The ``stpredict`` command line: ``demo``, ``fit``, ``predict`` and ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stpredict._logging import logger
+
+_DATASETS = ("synthetic", "her2st", "mouse_olfactory_bulb")
+_METHODS = ("cmrcnet", "bleep", "mclstexp")
+_PRESETS = ("paper", "cpu", "tiny")
+_SETS = ("heg", "hvg", "all")
+_BASELINE_KEY = "random_baseline"
+
+
+# ----------------------------------------------------------------------------- reading / writing
+def _is_zarr(path: str | Path) -> bool:
+    return str(path).rstrip("/").endswith(".zarr")
+
+
+def read(path: str | Path) -> Any:
+    """Read an ``.h5ad`` file (AnnData) or a ``.zarr`` store (SpatialData)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder.")
+    if _is_zarr(path):
+        import spatialdata
+
+        return spatialdata.read_zarr(path)
+    if path.suffix != ".h5ad":
+        raise ValueError(f"{path}: expected an .h5ad file (AnnData) or a .zarr store (SpatialData).")
+    import anndata as ad
+
+    return ad.read_h5ad(path)
+
+
+def write(data: Any, path: str | Path) -> Path:
+    """Write an AnnData to ``.h5ad`` or a SpatialData to ``.zarr`` (replacing an existing one)."""
+    from anndata import AnnData
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, AnnData):
+        if _is_zarr(path):
+            raise ValueError(f"{path}: an AnnData result is written as .h5ad, not .zarr.")
+        data.write_h5ad(path)
+    else:
+        if not _is_zarr(path):
+            raise ValueError(
+                f"{path}: a SpatialData result is written as .zarr (got {path.suffix or 'no suffix'})."
+            )
+        data.write(path, overwrite=True)
+    logger.info(f"wrote {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- demo
+def _load_dataset(name: str, seed: int, progress: bool):
+    import stpredict as stp
+
+    if name == "synthetic":
+        return stp.datasets.synthetic(seed=seed)
+    if name == "her2st":
+        return stp.datasets.her2st(progress=progress)
+    return stp.datasets.mouse_olfactory_bulb(progress=progress)
+
+
+def _add_random_baseline(test, model, k: int, seed: int, key: str = "stpredict") -> None:
+    """Write k random bank spots averaged (the floor of any retrieval model) under ``_BASELINE_KEY``."""
+    import pandas as pd
+
+    from stpredict.baselines import random_retrieval
+
+    pred = random_retrieval(model.bank["expression"], test.n_obs, k=k, seed=seed)
+    test.obsm[_BASELINE_KEY] = pd.DataFrame(pred, index=test.obs_names, columns=pd.Index(model.genes))
+    test.obsm[f"{_BASELINE_KEY}_truth"] = test.obsm[f"{key}_truth"].copy()
+    test.uns[_BASELINE_KEY] = {
+        "written_by": "stpredict",
+        "params": {"method": "random_retrieval", "k": int(k), "seed": int(seed)},
+    }
+
+
+def _summary(res) -> dict[str, float]:
+    """Mean Pearson r per gene set (averaged over slides) from an ``stp.tl.evaluate`` table."""
+    per_slide = res.groupby(["gene_set", "library_id"], observed=True)["pearson_r"].mean()
+    return per_slide.groupby(level="gene_set").mean().to_dict()
+
+
+def _plot_maps(test, res, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import stpredict as stp
+
+    hvg = res[res["gene_set"] == "hvg"].sort_values("pearson_r", ascending=False)["gene"].tolist()
+    genes = list(dict.fromkeys(hvg))[:3] or list(test.obsm["stpredict"].columns[:3])
+    path = out / "expression_map.png"
+    stp.pl.expression_map(test, genes, show=False, save=path)
+    return path
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Fit on all slides but the last, predict the last, compare with random retrieval, write files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import stpredict as stp
+
+    out = Path(args.out)
+    progress = not args.no_progress
+    adata = _load_dataset(args.dataset, args.seed, progress)
+    libs = list(adata.obs["library_id"].astype("category").cat.categories)
+    if len(libs) < 2:
+        raise ValueError(
+            f"demo: dataset {args.dataset!r} has {len(libs)} slide(s); need 2 (train + held-out)."
+        )
+    held_out = libs[-1]
+    train = adata[adata.obs["library_id"] != held_out].copy()
+    test = adata[adata.obs["library_id"] == held_out].copy()
+    del adata
+    print(f"stpredict demo: {args.dataset}, training on {', '.join(libs[:-1])}, predicting {held_out}")
+
+    kwargs = {} if args.epochs is None else {"epochs": args.epochs}
+    model = stp.tl.fit(
+        train,
+        method=args.method,
+        preset=args.preset,
+        device=args.device,
+        seed=args.seed,
+        progress=progress,
+        **kwargs,
+    )
+    k = int(model.retrieval.get("k", 50)) if args.k is None else args.k
+    stp.tl.predict(test, model, k=k, device=args.device, progress=progress)
+    res = stp.tl.evaluate(test, genes=_SETS)
+    _add_random_baseline(test, model, k, args.seed)
+    base = stp.tl.evaluate(test, key=_BASELINE_KEY, genes=_SETS)
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = model.save(out / "model", overwrite=True)
+    pred_path = write(test, out / "prediction.h5ad")
+    map_path = _plot_maps(test, res, out)
+    res.to_csv(out / "evaluation.csv", index=False)
+
+    ours, floor = _summary(res), _summary(base)
+    n_genes = (
+        test.uns["stpredict"]["evaluation"].get("n_genes", 50)
+        if "evaluation" in test.uns["stpredict"]
+        else 50
+    )
+    print(f"\nPer-gene Pearson r on held-out slide {held_out} (mean over genes; k={k}):")
+    print(f"  {'gene set':<12}{args.method:>12}{'random':>12}")
+    for name in _SETS:
+        label = f"top-{n_genes} {name.upper()}" if name != "all" else f"all {len(model.genes)}"
+        print(f"  {label:<12}{ours.get(name, float('nan')):>12.3f}{floor.get(name, float('nan')):>12.3f}")
+    print("\nWritten:")
+    for what, path in (
+        ("predictions", pred_path),
+        ("model", model_dir),
+        ("expression map", map_path),
+        ("per-gene table", out / "evaluation.csv"),
+    ):
+        print(f"  {what:<15}{path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- fit / predict / evaluate
+def fit(args: argparse.Namespace) -> int:
+    """``stpredict fit DATA --out MODEL_DIR``."""
+    import stpredict as stp
+
+    data = read(args.data)
+    kwargs = {
+        name: getattr(args, name)
+        for name in ("epochs", "batch_size", "lr", "checkpoint_dir", "table_key", "layer")
+        if getattr(args, name) is not None
+    }
+    model = stp.tl.fit(
+        data,
+        method=args.method,
+        preset=args.preset,
+        n_top_genes=args.n_top_genes,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        library_key=args.library_key,
+        progress=not args.no_progress,
+        **kwargs,
+    )
+    path = model.save(args.out, overwrite=args.overwrite)
+    print(f"model written to {path}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """``stpredict predict DATA --model MODEL_DIR --out OUT``."""
+    import stpredict as stp
+
+    out = Path(args.out)
+    if not (out.suffix == ".h5ad" or _is_zarr(out)):
+        raise ValueError(f"{out}: the output must end in .h5ad or .zarr.")
+    data = read(args.data)
+    result = stp.tl.predict(
+        data,
+        args.model,
+        k=args.k,
+        weighting=args.weighting,
+        key_added=args.key_added,
+        overwrite=args.overwrite,
+        device=args.device,
+        library_key=args.library_key,
+        table_key=args.table_key,
+        grid_spacing_um=args.grid_spacing_um,
+        progress=not args.no_progress,
+    )
+    target = data if result is None else result
+    if result is None and _is_zarr(out) != _is_zarr(args.data):
+        if not _is_zarr(out):  # SpatialData in, .h5ad out: the prediction table
+            target = data.tables[args.key_added]
+        else:
+            raise ValueError(f"{out}: an .h5ad input is written back as .h5ad, not .zarr.")
+    path = write(target, out)
+    print(f"predictions written to {path}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``stpredict evaluate PRED``: per-gene Pearson r against the measured expression."""
+    import stpredict as stp
+
+    data = read(args.pred)
+    res = stp.tl.evaluate(data, key=args.key, genes=tuple(args.genes), n_genes=args.n_genes)
+    summary = _summary(res)
+    print(f"Mean per-gene Pearson r ({args.key!r}, averaged over slides):")
+    for name in args.genes:
+        print(f"  {name:<6}{summary.get(name, float('nan')):>8.3f}")
+    if args.out is not None:
+        res.to_csv(args.out, index=False)
+        print(f"per-gene table written to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    import stpredict
+
+    parser = argparse.ArgumentParser(
+        prog="stpredict",
+        description="Predict spatially resolved gene expression from H&E histology.",
+    )
+    parser.add_argument("--version", action="version", version=f"stpredict {stpredict.__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and results")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="torch device, or 'auto' (default: %(default)s)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "demo",
+        help="train on all slides but one, predict the held-out slide, evaluate, write files",
+        description="Fit on every slide but the last, predict the last from its H&E image, compare "
+        "with random retrieval, and write prediction.h5ad, model/ and expression_map.png.",
+    )
+    p.add_argument("--dataset", choices=_DATASETS, default="synthetic", help="default: %(default)s (offline)")
+    p.add_argument("--out", default="stpredict-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--method", choices=_METHODS, default="cmrcnet", help="default: %(default)s")
+    p.add_argument("--preset", choices=_PRESETS, default="cpu", help="default: %(default)s")
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--k", type=int, default=None, help="spots retrieved per query (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    common(p)
+    p.set_defaults(func=demo)
+
+    p = sub.add_parser("fit", help="train a model on DATA (.h5ad or .zarr) and save it")
+    p.add_argument("data", help="AnnData (.h5ad) or SpatialData (.zarr) with images and counts")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--method", choices=_METHODS, default="cmrcnet", help="default: %(default)s")
+    p.add_argument("--preset", choices=_PRESETS, default="paper", help="default: %(default)s (needs a GPU)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--n-top-genes", type=int, default=1000, help="HVGs per slide (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")
+    p.add_argument("--library-key", default="library_id")
+    p.add_argument("--table-key", default=None, help="SpatialData table with the spots")
+    p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    common(p)
+    p.set_defaults(func=fit)
+
+    p = sub.add_parser("predict", help="predict expression for DATA with a saved model")
+    p.add_argument("data", help="AnnData (.h5ad) or SpatialData (.zarr)")
+    p.add_argument("--model", required=True, help="model folder written by `stpredict fit`")
+    p.add_argument("--out", required=True, help="output .h5ad or .zarr")
+    p.add_argument("--k", type=int, default=None, help="default: the model's")
+    p.add_argument("--weighting", choices=("mean", "inverse_distance2", "softmax"), default=None)
+    p.add_argument("--key-added", default="stpredict", help="default: %(default)s")
+    p.add_argument("--overwrite", action="store_true", help="replace results under --key-added")
+    p.add_argument("--grid-spacing-um", type=float, default=None, help="predict on a pseudo-spot grid")
+    p.add_argument("--library-key", default="library_id")
+    p.add_argument("--table-key", default=None)
+    common(p)
+    p.set_defaults(func=predict)
+
+    p = sub.add_parser("evaluate", help="per-gene Pearson r of predictions against measured expression")
+    p.add_argument("pred", help=".h5ad or .zarr with predictions")
+    p.add_argument("--key", default="stpredict", help="default: %(default)s")
+    p.add_argument("--genes", nargs="+", choices=_SETS, default=list(_SETS), help="gene sets")
+    p.add_argument("--n-genes", type=int, default=50, help="size of the HEG/HVG sets (default: %(default)s)")
+    p.add_argument("--out", default=None, help="write the per-gene table to this CSV")
+    p.set_defaults(func=evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``stpredict`` command line.
+
+    Parameters
+    ----------
+    argv
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    Exit status: 0 on success, 1 on an error in the inputs, 2 on a usage error.
+
+    Examples
+    --------
+    >>> from stpredict.cli import main
+    >>> main(["demo", "--preset", "tiny", "--epochs", "1", "--out", "demo-out"])  # doctest: +SKIP
+    0
+    """
+    import stpredict as stp
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.quiet:
+        stp.settings.verbosity = 1
+    try:
+        return int(args.func(args))
+    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"stpredict {args.command}: error: {msg}", file=sys.stderr)
+        return 1

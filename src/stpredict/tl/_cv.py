@@ -1,0 +1,644 @@
+"""``stp.tl.cross_validate``: slide-level cross-validation of methods and baselines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from stpredict._logging import logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
+    from stpredict.models import STPredictModel
+
+BASELINES = ("random", "oracle", "image_knn", "image_ridge")
+_GENE_SETS = ("heg", "hvg", "all")
+_PER_GENE_COLUMNS = ["method", "fold", "library_id", "gene_set", "gene", "pearson_r", "mse", "mae"]
+_KEY = "stpredict_cv"
+# patches for the hand-made image features: the model's physical patch size, resampled to this many
+# pixels (the features are colour/texture statistics; 64 px keeps them cheap)
+_FEATURE_PATCH_PX = 64
+
+
+# --------------------------------------------------------------------------------------------
+# result object
+# --------------------------------------------------------------------------------------------
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if not np.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+@dataclass
+class CrossValidationResult:
+    """Result of :func:`stpredict.tl.cross_validate`.
+
+    Attributes
+    ----------
+    per_gene
+        Tidy table, one row per method, fold, held-out slide, gene set and gene: ``method``,
+        ``fold``, ``library_id``, ``gene_set``, ``gene``, ``pearson_r``, ``mse``, ``mae``.
+    per_fold
+        Mean Pearson r per ``method``, ``fold`` and ``gene_set``: the mean over the genes of the
+        set per held-out slide, then over the fold's slides (column ``pearson_r``; ``n_slides``).
+    summary
+        Table-1 layout: rows = methods and baselines, columns = gene sets; the mean over folds
+        of :attr:`per_fold`.
+    summary_std
+        Standard deviation over folds (``NaN`` with a single fold), same layout as ``summary``.
+    folds
+        Held-out slides (values of ``groups``) of each fold.
+    genes
+        The genes every fold and method was trained and evaluated on.
+    timings
+        Seconds per ``method`` and ``fold`` for ``fit`` and ``predict`` (baselines: ``predict``).
+    models
+        ``{(method, fold): STPredictModel}`` when ``keep_models=True``, else empty.
+    params
+        The arguments of the run.
+    """
+
+    per_gene: pd.DataFrame
+    per_fold: pd.DataFrame
+    summary: pd.DataFrame
+    summary_std: pd.DataFrame
+    folds: list[list[str]]
+    genes: list[str]
+    timings: pd.DataFrame
+    models: dict[tuple[str, int], STPredictModel] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def table(self, digits: int = 4) -> pd.DataFrame:
+        """The summary as strings ``"mean ± std"`` (rows methods, columns gene sets in upper case)."""
+        out = pd.DataFrame(index=self.summary.index)
+        for col in self.summary.columns:
+            out[col.upper() if col in _GENE_SETS else col] = [
+                _fmt(m, s, digits) for m, s in zip(self.summary[col], self.summary_std[col])
+            ]
+        out.index.name = "method"
+        return out
+
+    def to_markdown(self, digits: int = 4) -> str:
+        """Markdown table of the summary: mean Pearson r over slides then folds, ± std over folds.
+
+        Examples
+        --------
+        >>> print(res.to_markdown())  # doctest: +SKIP
+        | method | HEG | HVG |
+        | --- | --- | --- |
+        | cmrcnet | 0.3120 ± 0.0210 | 0.3010 ± 0.0150 |
+        """
+        tab = self.table(digits)
+        header = ["method", *tab.columns]
+        lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+        for name, row in tab.iterrows():
+            lines.append("| " + " | ".join([str(name), *row.astype(str)]) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (means, standard deviations, per-fold numbers, folds, genes, timings)."""
+
+        def clean(x: Any) -> Any:
+            return None if isinstance(x, float) and not np.isfinite(x) else x
+
+        return {
+            "summary": {
+                m: {s: clean(float(v)) for s, v in row.items()} for m, row in self.summary.iterrows()
+            },
+            "summary_std": {
+                m: {s: clean(float(v)) for s, v in row.items()} for m, row in self.summary_std.iterrows()
+            },
+            "per_fold": [
+                {k: (clean(v) if isinstance(v, float) else v) for k, v in rec.items()}
+                for rec in self.per_fold.to_dict(orient="records")
+            ],
+            "folds": [list(map(str, f)) for f in self.folds],
+            "genes": list(self.genes),
+            "timings": self.timings.to_dict(orient="records"),
+            "params": self.params,
+        }
+
+    def __repr__(self) -> str:
+        n_methods = len(self.summary.index)
+        head = (
+            f"CrossValidationResult: {len(self.folds)} folds, {n_methods} methods/baselines, "
+            f"{len(self.genes)} genes; mean Pearson r over slides then folds (± std over folds)\n"
+        )
+        return head + self.table().to_string()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _parse_methods(method: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``"cmrcnet"`` / list / mapping label → method or (method, kwargs) → {label: (method, kwargs)}."""
+    from stpredict.models import METHODS
+
+    if isinstance(method, str):
+        method = [method]
+    if isinstance(method, Mapping):
+        items = list(method.items())
+    elif isinstance(method, Sequence):
+        items = [(m, m) for m in method]
+    else:
+        raise TypeError(
+            f"`method` must be a method name, a list of names or a mapping label → name or (name, kwargs); "
+            f"got {type(method).__name__}."
+        )
+    if not items:
+        raise ValueError("`method` is empty; expected at least one method.")
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for label, spec in items:
+        if isinstance(spec, str):
+            name, kwargs = spec, {}
+        elif isinstance(spec, Sequence) and len(spec) == 2 and isinstance(spec[1], Mapping):
+            name, kwargs = spec[0], dict(spec[1])
+        else:
+            raise TypeError(
+                f"`method[{label!r}]` must be a method name or a (name, kwargs) pair, got {spec!r}."
+            )
+        if name not in METHODS:
+            raise ValueError(f"Unknown method {name!r} (for {label!r}); expected one of {sorted(METHODS)}.")
+        label = str(label)
+        if label in out or label in BASELINES or label.startswith("oracle"):
+            raise ValueError(f"Method label {label!r} is duplicated or clashes with a baseline name.")
+        out[label] = (name, kwargs)
+    return out
+
+
+def _make_folds(groups: np.ndarray, n_folds: int | None, seed: int) -> list[list[str]]:
+    """Slide-level folds: leave one group out up to 5 groups, else min(n, 5) (or n_folds) folds."""
+    uniq = list(pd.unique(groups))
+    n = len(uniq)
+    if n < 2:
+        raise ValueError(f"Cross-validation needs at least 2 groups (slides), found {n}: {uniq}.")
+    if n_folds is None:
+        n_folds = min(n, 5)
+    if not isinstance(n_folds, int | np.integer) or isinstance(n_folds, bool) or not 2 <= n_folds <= n:
+        raise ValueError(
+            f"`n_folds` must be an integer between 2 and the number of groups ({n}), got {n_folds!r}."
+        )
+    if n_folds == n:  # leave one out, in order of appearance
+        return [[str(g)] for g in uniq]
+    order = np.random.default_rng(seed).permutation(n)
+    return [[str(uniq[i]) for i in sorted(part)] for part in np.array_split(order, n_folds)]
+
+
+def _subset(adata: AnnData, mask: np.ndarray, library_key: str) -> AnnData:
+    """A light AnnData of some spots that shares (does not copy) the slide images."""
+    import anndata as ad
+
+    obs = adata.obs.loc[mask].copy()
+    for col in obs.columns:
+        if isinstance(obs[col].dtype, pd.CategoricalDtype):
+            obs[col] = obs[col].cat.remove_unused_categories()
+    libs = set(obs[library_key].astype(str)) if library_key in obs else set()
+    uns = {k: v for k, v in adata.uns.items() if k != "spatial"}
+    if "spatial" in adata.uns:
+        uns["spatial"] = {lib: v for lib, v in adata.uns["spatial"].items() if lib in libs or not libs}
+    return ad.AnnData(
+        X=adata.X[mask],
+        obs=obs,
+        var=adata.var.copy(),
+        obsm={key: value[mask] for key, value in adata.obsm.items()},
+        layers={key: value[mask] for key, value in adata.layers.items()},
+        uns=uns,
+    )
+
+
+def _arrays_adata(pred: np.ndarray, truth: pd.DataFrame, libraries: pd.Series) -> AnnData:
+    """A minimal ``copy=True``-style result so baselines go through :func:`stp.tl.evaluate`."""
+    import anndata as ad
+
+    out = ad.AnnData(
+        X=np.asarray(pred, dtype=np.float32),
+        obs=pd.DataFrame({"library_id": libraries.astype(str).to_numpy()}, index=truth.index.astype(str)),
+        var=pd.DataFrame(index=truth.columns.astype(str)),
+    )
+    out.layers["truth"] = truth.to_numpy(dtype=np.float32)
+    out.uns[_KEY] = {"written_by": "stpredict", "params": {"copy": True}}
+    return out
+
+
+def _evaluate(adata: AnnData, sets: dict[str, Any], n_genes: int, label: str, fold: int) -> pd.DataFrame:
+    from ._evaluate import evaluate
+
+    table = evaluate(adata, key=_KEY, genes=sets, n_genes=n_genes, library_key="library_id")
+    table.insert(0, "fold", fold)
+    table.insert(0, "method", label)
+    return table
+
+
+def _accepts(func: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class _FeatureCache:
+    """Hand-made image features per spot, extracted once per slide and reused across folds/methods."""
+
+    def __init__(self, adata: AnnData, library_key: str, spot_kwargs: dict[str, Any]):
+        self.adata, self.library_key, self.spot_kwargs = adata, library_key, spot_kwargs
+        self.features: dict[str, np.ndarray] = {}
+        self.patch_size_um: float | None = None
+        self._spots = None
+
+    def get(self, obs_names: Sequence[str], patch_size_um: float) -> np.ndarray:
+        from stpredict.baselines import image_features
+        from stpredict.data import SpotData
+
+        if self.patch_size_um is not None and patch_size_um != self.patch_size_um:
+            self.features.clear()  # a method with another patch size: recompute
+        self.patch_size_um = patch_size_um
+        if self._spots is None:
+            self._spots = SpotData.from_object(self.adata, library_key=self.library_key, **self.spot_kwargs)
+        sd = self._spots
+        names = pd.Index(np.asarray(obs_names).astype(str))
+        pos = sd.obs_names.astype(str).get_indexer(names)
+        if (pos < 0).any():
+            raise KeyError(
+                f"image_knn: spots {list(names[pos < 0][:5])} are not in the cross-validated data."
+            )
+        needed = pd.unique(sd.library_ids[pos])
+        for lib in needed:
+            if lib in self.features:
+                continue
+            idx = np.flatnonzero(sd.library_ids == lib)
+            t0 = time.perf_counter()
+            patches = sd.extract_patches(
+                idx, patch_size_um=patch_size_um, size=_FEATURE_PATCH_PX, progress=False
+            )
+            feats = image_features(patches)
+            full = np.full((len(sd.obs_names), feats.shape[1]), np.nan, dtype=np.float32)
+            full[idx] = feats
+            self.features[lib] = full
+            logger.info(
+                f"cross_validate: image features of slide {lib!r} ({len(idx)} spots) "
+                f"in {time.perf_counter() - t0:.1f} s."
+            )
+        out = np.empty((len(pos), next(iter(self.features.values())).shape[1]), dtype=np.float32)
+        for lib in needed:
+            sel = sd.library_ids[pos] == lib
+            out[sel] = self.features[lib][pos[sel]]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# cross_validate
+# --------------------------------------------------------------------------------------------
+def cross_validate(
+    data: AnnData,
+    *,
+    groups: str = "library_id",
+    n_folds: int | None = None,
+    method: str | Sequence[str] | Mapping[str, Any] = "cmrcnet",
+    k: int = 50,
+    weighting: str | None = None,
+    baselines: Sequence[str] = ("random", "oracle", "image_knn"),
+    gene_sets: Sequence[str] = ("heg", "hvg"),
+    markers: Sequence[str] | None = None,
+    n_genes: int = 50,
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 1000,
+    seed: int = 0,
+    keep_models: bool = False,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> CrossValidationResult:
+    """Cross-validate methods and baselines at the slide level.
+
+    For each fold, every method is fitted (:func:`stpredict.tl.fit`) on the training slides,
+    predicts the held-out slide(s) (:func:`stpredict.tl.predict` with ``copy=True``) and is
+    evaluated per held-out slide (:func:`stpredict.tl.evaluate`: per-gene Pearson r over the
+    slide's own top-``n_genes`` HEG/HVG and optional markers). The baselines run on the same
+    fold, reference bank (the fitted model's), genes and ``k``:
+
+    - ``"random"``: the mean of ``k`` random bank spots (floor, r ≈ 0);
+    - ``"oracle"``: retrieval with the embedding of the *true* held-out expression, per fitted
+      method (``"oracle (cmrcnet)"``; the ceiling for retrieval with that bank and ``k``);
+    - ``"image_knn"``: k-NN on hand-made colour/texture features
+      (:class:`stpredict.baselines.ImageFeatureKNN`) of the same training patches;
+    - ``"image_ridge"``: PCA + ridge regression on those features
+      (:class:`stpredict.baselines.ImageFeatureRidge`).
+
+    Folds follow the papers: leave one slide out when there are at most 5 slides, else 5 folds
+    of slides (``n_folds`` to choose). **Genes are selected once on all slides**
+    (:func:`stpredict.pp.select_genes`, union of per-slide HVGs detected in every slide) so that
+    every fold and method uses the same gene list; this peeks at the held-out slides' gene
+    variability (not their images), as the authors' pipelines do. Pass ``genes`` to fix the list.
+
+    Parameters
+    ----------
+    data
+        AnnData (Visium convention, see :doc:`/design`) with raw counts and several slides.
+    groups
+        ``obs`` column whose values are kept together in a fold (slides; or patients, to keep all
+        sections of a patient together).
+    n_folds
+        Number of folds; default ``min(n_groups, 5)`` (leave one out up to 5 groups).
+    method
+        A method name (:data:`stpredict.models.METHODS`), a list of names, or a mapping
+        label → name or ``(name, model_kwargs)`` to compare variants, e.g.
+        ``{"cmrcnet": "cmrcnet", "contrastive only": ("cmrcnet", {"reconstruction": None})}``.
+        All run on the same genes, folds and ``k``.
+    k
+        Reference spots retrieved per query, for every method and baseline.
+    weighting
+        Aggregation of the ``k`` spots for the methods and the oracle; ``None``: each model's default.
+    baselines
+        Any of ``"random"``, ``"oracle"``, ``"image_knn"``, ``"image_ridge"``.
+    gene_sets
+        Gene sets to report: ``"heg"``, ``"hvg"`` (chosen per held-out slide) and/or ``"all"``.
+    markers
+        Marker genes reported as the set ``"markers"``; added to the selected genes when missing.
+    n_genes
+        Size of the HEG/HVG sets (50 in the papers).
+    genes
+        Genes to train and evaluate on (default: selected once, see above).
+    n_top_genes
+        HVGs per slide for the gene selection.
+    seed
+        Seed of fold assignment, training (``fit(seed=...)``) and the random baseline.
+    keep_models
+        Keep the fitted models in ``result.models`` (memory!).
+    progress
+        Progress bar over folds (the inner fits and predictions run without bars).
+    **fit_kwargs
+        Passed to every :func:`stpredict.tl.fit` (e.g. ``preset``, ``epochs``, ``batch_size``,
+        ``device``, ``library_key``, ``layer``, ``patch_size_um``); per-method ``model_kwargs``
+        from ``method`` are added.
+
+    Returns
+    -------
+    :class:`~stpredict.tl._cv.CrossValidationResult` with ``per_gene``, ``per_fold``, ``summary``
+    (methods × gene sets, mean over slides then folds), ``summary_std`` (over folds),
+    ``to_markdown()``.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> adata = stp.datasets.synthetic(n_slides=3, n_spots_per_side=8, n_genes=40)
+    >>> res = stp.tl.cross_validate(
+    ...     adata, method=["cmrcnet", "bleep"], preset="tiny", epochs=2, k=10, n_genes=10
+    ... )  # doctest: +SKIP
+    >>> res.summary  # doctest: +SKIP
+    >>> print(res.to_markdown())  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from stpredict import pp
+    from stpredict.baselines import ImageFeatureKNN, ImageFeatureRidge, oracle_retrieval, random_retrieval
+
+    from ._fit import fit
+    from ._keys import get_prediction
+    from ._predict import predict
+
+    # ---------------------------------------------------------------- validation (nothing runs yet)
+    if not (hasattr(data, "obs") and hasattr(data, "X")):
+        raise TypeError(
+            f"`data` must be an AnnData with several slides, got {type(data).__name__} "
+            "(for a SpatialData, cross-validate its table with the images in uns['spatial'])."
+        )
+    library_key = fit_kwargs.get("library_key", "library_id")
+    for key, what in ((groups, "groups"), (library_key, "library_key")):
+        if key not in data.obs.columns:
+            raise KeyError(
+                f"`{what}` {key!r} is not a column of data.obs; available: {list(data.obs.columns)}."
+            )
+    methods = _parse_methods(method)
+    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"`k` must be a positive integer, got {k!r}.")
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    baselines = tuple(baselines or ())
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise ValueError(f"Unknown baselines {bad}; expected any of {BASELINES}.")
+    if isinstance(gene_sets, str):
+        gene_sets = (gene_sets,)
+    bad = [s for s in gene_sets if s not in _GENE_SETS]
+    if bad:
+        raise ValueError(f"Unknown gene sets {bad}; expected any of {_GENE_SETS} (markers via `markers=`).")
+    sets: dict[str, Any] = {s: s for s in gene_sets}
+    if markers is not None:
+        markers = [str(g) for g in ([markers] if isinstance(markers, str) else markers)]
+        missing = [g for g in markers if g not in data.var_names]
+        if missing:
+            raise KeyError(f"Marker genes {missing} are not in data.var_names.")
+        if markers:
+            sets["markers"] = markers
+    if not sets:
+        raise ValueError("No gene set to evaluate: give `gene_sets` and/or `markers`.")
+    for reserved in ("genes", "method", "seed", "progress", "copy"):
+        if reserved in fit_kwargs:
+            raise TypeError(
+                f"`{reserved}` is set by cross_validate; pass it as its own argument, not to fit."
+            )
+    group_values = data.obs[groups].astype(str).to_numpy()
+    folds = _make_folds(group_values, n_folds, seed)
+
+    # ---------------------------------------------------------------- genes, once for all slides
+    layer = fit_kwargs.get("layer")
+    if genes is None:
+        gene_list = pp.select_genes(data, n_top_genes=n_top_genes, library_key=library_key, layer=layer)
+        if markers:
+            extra = [g for g in markers if g not in gene_list]
+            if extra:
+                logger.info(
+                    f"cross_validate: adding {len(extra)} marker genes to the selected genes: {extra}."
+                )
+                gene_list = [g for g in data.var_names if g in set(gene_list) | set(extra)]
+    else:
+        gene_list = pp.select_genes(data, library_key=library_key, genes=list(genes), layer=layer)
+    gene_list = [str(g) for g in gene_list]
+    logger.info(
+        f"cross_validate: {len(folds)} folds over {len(pd.unique(group_values))} groups ({groups!r}), "
+        f"{len(gene_list)} genes, methods {list(methods)}, baselines {list(baselines)}, k={k}."
+    )
+
+    spot_kwargs = {key: fit_kwargs[key] for key in ("table_key",) if key in fit_kwargs}
+    features = (
+        _FeatureCache(data, library_key, spot_kwargs)
+        if {"image_knn", "image_ridge"} & set(baselines)
+        else None
+    )
+
+    tables: list[pd.DataFrame] = []
+    timings: list[dict[str, Any]] = []
+    models: dict[tuple[str, int], Any] = {}
+    for fold, held_out in enumerate(tqdm(folds, desc="cross-validation folds", disable=not progress)):
+        test_mask = np.isin(group_values, held_out)
+        train = _subset(data, ~test_mask, library_key)
+        test = _subset(data, test_mask, library_key)
+        fold_tables: list[pd.DataFrame] = []
+        truth = libs = coords = None
+        first_model = None
+        for label, (name, model_kwargs) in methods.items():
+            t0 = time.perf_counter()
+            model = fit(
+                train,
+                method=name,
+                genes=gene_list,
+                seed=seed,
+                progress=False,
+                **{**fit_kwargs, **model_kwargs},
+            )
+            t_fit = time.perf_counter() - t0
+            k_eff = min(k, len(model.bank["expression"]))
+            if k_eff < k:
+                logger.warning(f"cross_validate: fold {fold}: only {k_eff} reference spots; k={k} lowered.")
+            t0 = time.perf_counter()
+            pred_kwargs = {
+                "k": k_eff,
+                "weighting": weighting,
+                "copy": True,
+                "key_added": _KEY,
+                "progress": False,
+            }
+            pred_kwargs["library_key"] = library_key
+            pred_kwargs.update({key: fit_kwargs[key] for key in ("device", "table_key") if key in fit_kwargs})
+            result = predict(test, model, **pred_kwargs)
+            t_pred = time.perf_counter() - t0
+            timings.append({"method": label, "fold": fold, "fit_s": t_fit, "predict_s": t_pred})
+            pred_df, truth_df = get_prediction(result, _KEY)
+            if truth_df is None:
+                raise ValueError(
+                    f"cross_validate: the held-out slides {held_out} have no counts for the genes."
+                )
+            lib_series = result.obs[library_key].astype(str) if library_key in result.obs else None
+            if lib_series is None:
+                raise KeyError(f"cross_validate: predict(copy=True) dropped obs[{library_key!r}].")
+            fold_tables.append(
+                _evaluate(_arrays_adata(pred_df.to_numpy(), truth_df, lib_series), sets, n_genes, label, fold)
+            )
+            if truth is None:
+                truth, libs, first_model = truth_df, lib_series, model
+            if "oracle" in baselines:
+                if coords is None:
+                    from stpredict.data import SpotData
+
+                    sd = SpotData.from_object(test, library_key=library_key, **spot_kwargs)
+                    coords = pd.DataFrame(sd.grid_coords, index=sd.obs_names.astype(str))
+                xy = coords.reindex(truth_df.index.astype(str)).to_numpy()
+                w = weighting or model.retrieval.get("weighting", "mean")
+                t0 = time.perf_counter()
+                oracle = oracle_retrieval(
+                    model, truth_df.to_numpy(np.float32), k=k_eff, weighting=w, coords=xy
+                )
+                timings.append(
+                    {
+                        "method": f"oracle ({label})",
+                        "fold": fold,
+                        "fit_s": 0.0,
+                        "predict_s": time.perf_counter() - t0,
+                    }
+                )
+                fold_tables.append(
+                    _evaluate(
+                        _arrays_adata(oracle, truth_df, lib_series), sets, n_genes, f"oracle ({label})", fold
+                    )
+                )
+            if keep_models:
+                models[(label, fold)] = model
+            del model, result
+
+        # model-independent baselines: the first model's bank (same slides, genes, normalisation)
+        bank_expr = first_model.bank["expression"]
+        k_eff = min(k, len(bank_expr))
+        if "random" in baselines:
+            t0 = time.perf_counter()
+            rand = random_retrieval(bank_expr, len(truth), k=k_eff, seed=seed + fold)
+            timings.append(
+                {"method": "random", "fold": fold, "fit_s": 0.0, "predict_s": time.perf_counter() - t0}
+            )
+            fold_tables.append(_evaluate(_arrays_adata(rand, truth, libs), sets, n_genes, "random", fold))
+        for base, cls in (("image_knn", ImageFeatureKNN), ("image_ridge", ImageFeatureRidge)):
+            if base not in baselines:
+                continue
+            t0 = time.perf_counter()
+            patch_um = float(first_model.patch.get("patch_size_um", fit_kwargs.get("patch_size_um", 112.0)))
+            bank_names = np.asarray(first_model.bank["obs_names"]).astype(str)
+            train_feats = features.get(bank_names, patch_um)
+            test_feats = features.get(truth.index, patch_um)
+            estimator = cls(k=k_eff) if base == "image_knn" else cls()
+            pred = estimator.fit(train_feats, bank_expr).predict(test_feats)
+            timings.append(
+                {"method": base, "fold": fold, "fit_s": 0.0, "predict_s": time.perf_counter() - t0}
+            )
+            fold_tables.append(_evaluate(_arrays_adata(pred, truth, libs), sets, n_genes, base, fold))
+        del first_model
+
+        fold_df = pd.concat(fold_tables, ignore_index=True)
+        tables.append(fold_df)
+        means = fold_df.groupby(["method", "gene_set", "library_id"], sort=False)["pearson_r"].mean()
+        means = means.groupby(level=["method", "gene_set"], sort=False).mean().unstack("gene_set")
+        logger.info(
+            f"cross_validate: fold {fold + 1}/{len(folds)} (held out {held_out}): "
+            f"mean r\n{means.round(4).to_string()}"
+        )
+
+    per_gene = pd.concat(tables, ignore_index=True)[_PER_GENE_COLUMNS]
+    params = {
+        "groups": groups,
+        "n_folds": len(folds),
+        "method": {label: {"method": m, "model_kwargs": kw} for label, (m, kw) in methods.items()},
+        "k": int(k),
+        "weighting": weighting,
+        "baselines": list(baselines),
+        "gene_sets": list(sets),
+        "n_genes": int(n_genes),
+        "n_top_genes": int(n_top_genes),
+        "seed": seed,
+        "fit_kwargs": {
+            key: (v if isinstance(v, str | int | float | bool | None) else repr(v))
+            for key, v in fit_kwargs.items()
+        },
+    }
+    return _assemble(per_gene, folds, gene_list, timings, models, params)
+
+
+def _assemble(
+    per_gene: pd.DataFrame,
+    folds: list[list[str]],
+    genes: list[str],
+    timings: list[dict[str, Any]],
+    models: dict[tuple[str, int], Any],
+    params: dict[str, Any],
+) -> CrossValidationResult:
+    """Per-fold and summary tables from the tidy per-gene table."""
+    order = list(pd.unique(per_gene["method"]))
+    set_order = list(pd.unique(per_gene["gene_set"]))
+    per_slide = per_gene.groupby(["method", "fold", "gene_set", "library_id"], sort=False)["pearson_r"].mean()
+    per_fold = (
+        per_slide.groupby(level=["method", "fold", "gene_set"], sort=False)
+        .agg(pearson_r="mean", n_slides="size")
+        .reset_index()
+    )
+    by = per_fold.groupby(["method", "gene_set"], sort=False)["pearson_r"]
+    summary = by.mean().unstack("gene_set").reindex(index=order, columns=set_order)
+    summary_std = by.std(ddof=1).unstack("gene_set").reindex(index=order, columns=set_order)
+    for df in (summary, summary_std):
+        df.columns.name = "gene_set"
+        df.index.name = "method"
+    return CrossValidationResult(
+        per_gene=per_gene,
+        per_fold=per_fold,
+        summary=summary,
+        summary_std=summary_std,
+        folds=folds,
+        genes=genes,
+        timings=pd.DataFrame(timings, columns=["method", "fold", "fit_s", "predict_s"]),
+        models=models,
+        params=params,
+    )

@@ -1,0 +1,259 @@
+"""``stp.tl.evaluate``: per-slide, per-gene-set Pearson r (and errors) of predicted expression."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from stpredict import metrics
+from stpredict._logging import logger
+
+from ._keys import WRITTEN_BY, _table, get_prediction, is_stpredict_entry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
+_NAMED_SETS = ("heg", "hvg", "all")
+COLUMNS = ["library_id", "gene_set", "gene", "pearson_r", "mse", "mae"]
+
+
+def _parse_gene_sets(genes: Any) -> dict[str, str | list[str]]:
+    """Gene-set spec → ``{name: "heg" | "hvg" | "all" | [genes]}`` (order kept)."""
+    if isinstance(genes, str):
+        genes = [genes]
+    if isinstance(genes, Mapping):
+        out: dict[str, str | list[str]] = {}
+        for name, value in genes.items():
+            if isinstance(value, str):
+                if value not in _NAMED_SETS:
+                    raise ValueError(
+                        f"`genes[{name!r}]` must be one of {_NAMED_SETS} or a list of gene names, "
+                        f"got {value!r}."
+                    )
+                out[str(name)] = value
+            else:
+                out[str(name)] = [str(g) for g in value]
+        if not out:
+            raise ValueError("`genes` is an empty mapping; expected at least one gene set.")
+        return out
+    if not isinstance(genes, Sequence | pd.Index | np.ndarray):
+        raise TypeError(
+            f"`genes` must be a set name {_NAMED_SETS}, a list of set names or gene names, or a mapping "
+            f"name → genes; got {type(genes).__name__}."
+        )
+    items = [str(g) for g in genes]
+    if not items:
+        raise ValueError("`genes` is empty; expected a gene-set name or a list of genes.")
+    out = {name: name for name in items if name in _NAMED_SETS}
+    markers = list(dict.fromkeys(g for g in items if g not in _NAMED_SETS))
+    if markers:
+        out["markers"] = markers
+    return out
+
+
+def _libraries(adata: AnnData, obs_names: pd.Index, library_key: str | None) -> pd.Series:
+    """Slide of each spot (index obs_names)."""
+    if library_key is None:
+        return pd.Series("all", index=obs_names)
+    if library_key not in adata.obs.columns:
+        if library_key == "library_id":
+            logger.info("evaluate: no obs['library_id']; all spots are evaluated as one slide 'all'.")
+            return pd.Series("all", index=obs_names)
+        raise KeyError(
+            f"`library_key` {library_key!r} is not a column of adata.obs; "
+            f"available: {list(adata.obs.columns)}."
+        )
+    return adata.obs[library_key].reindex(obs_names).astype(str)
+
+
+def evaluate(
+    adata: AnnData,
+    *,
+    key: str = "stpredict",
+    genes: str | Sequence[str] | Mapping[str, str | Sequence[str]] = ("heg", "hvg"),
+    n_genes: int = 50,
+    library_key: str | None = "library_id",
+    nan_to: float | None = 0.0,
+    key_added: str | None = None,
+) -> pd.DataFrame:
+    """Compare predicted with true expression, per slide and gene set.
+
+    For every slide (``obs[library_key]``) and gene set, the Pearson r of each gene across that
+    slide's spots, its mean squared and mean absolute error. As in the papers, ``"heg"`` and
+    ``"hvg"`` are chosen from each slide's own true expression (see :data:`stpredict.metrics.GENE_SETS`);
+    the numbers to report are the mean r per slide and set, averaged over slides.
+
+    Parameters
+    ----------
+    adata
+        AnnData with predictions and truth written by :func:`stpredict.tl.predict` (read through
+        ``obsm[key]``/``obsm[key + "_truth"]``, or ``X``/``layers["truth"]`` of a ``copy=True``
+        result), or a SpatialData with the table ``tables[key]``.
+    key
+        Key the predictions were written under.
+    genes
+        Gene sets: any of ``"heg"`` (top ``n_genes`` by total expression), ``"hvg"`` (top
+        ``n_genes`` by variance), ``"all"`` (every predicted gene); a list of gene names
+        (evaluated as the set ``"markers"``; set names in the same list are kept as sets); or a
+        mapping set name → list of genes or set name.
+    n_genes
+        Size of the ``"heg"`` and ``"hvg"`` sets (50 in the papers).
+    library_key
+        Column of ``obs`` telling slides apart. ``None``, or a missing ``"library_id"`` column,
+        evaluates all spots as one slide ``"all"``.
+    nan_to
+        r of genes that are constant in a slide (undefined): ``0`` as in the authors' code, or
+        ``None`` to keep NaN (then ignored by the means of the summary).
+    key_added
+        ``uns[key_added]["evaluation"]`` receives a summary; defaults to ``key``. Only written when
+        ``uns[key_added]`` is stpredict's own entry (or does not exist yet).
+
+    Returns
+    -------
+    Tidy DataFrame with one row per slide, set and gene: ``library_id``, ``gene_set``, ``gene``,
+    ``pearson_r``, ``mse``, ``mae``.
+
+    The summary in ``uns[key_added]["evaluation"]`` holds ``"summary"`` (DataFrame: per slide and
+    set ``n_genes``, ``mean_pearson_r``, ``median_pearson_r``, ``mean_mse``, ``mean_mae`` and
+    ``mean_spot_r``, the mean over spots of the Pearson r across the set's genes), ``"mean"``
+    (the per-set mean over slides of ``mean_pearson_r``), ``"n_genes"``, ``"gene_sets"`` and
+    ``"nan_to"``.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=8, n_genes=40)
+    >>> model = stp.tl.fit(adata, method="bleep", preset="cpu")  # doctest: +SKIP
+    >>> stp.tl.predict(model, adata)  # doctest: +SKIP
+    >>> res = stp.tl.evaluate(adata, genes=("heg", "hvg"), n_genes=10)  # doctest: +SKIP
+    >>> res.groupby(["gene_set", "library_id"]).pearson_r.mean()  # doctest: +SKIP
+    """
+    if not isinstance(n_genes, int | np.integer) or isinstance(n_genes, bool) or n_genes < 1:
+        raise ValueError(f"`n_genes` must be a positive integer, got {n_genes!r}.")
+    if nan_to is not None and not isinstance(nan_to, int | float | np.number):
+        raise TypeError(f"`nan_to` must be a number or None, got {nan_to!r}.")
+    sets = _parse_gene_sets(genes)
+    pred, truth = get_prediction(adata, key)
+    if truth is None:
+        raise ValueError(
+            f"No true expression next to the predictions under {key!r} (expected obsm[{key + '_truth'!r}] "
+            "or layers['truth']): predict on data with counts for the model's genes to evaluate."
+        )
+    table = _table(adata, key)
+    target = key if key_added is None else key_added
+    if not isinstance(target, str) or not target:
+        raise TypeError(f"`key_added` must be a non-empty string or None, got {key_added!r}.")
+
+    # spots without truth (all NaN) are left out
+    has_truth = truth.notna().any(axis=1).to_numpy()
+    if not has_truth.any():
+        raise ValueError(f"The truth under {key!r} is NaN for every spot; nothing to evaluate.")
+    libs = _libraries(table, pred.index, library_key)
+    all_genes = pred.columns.astype(str)
+
+    # validate marker lists before computing anything
+    resolved: dict[str, str | list[str]] = {}
+    for name, spec in sets.items():
+        if isinstance(spec, str):
+            resolved[name] = spec
+            continue
+        present = [g for g in spec if g in all_genes]
+        missing = [g for g in spec if g not in all_genes]
+        if not present:
+            raise KeyError(
+                f"None of the genes of set {name!r} were predicted under {key!r} (e.g. {missing[:5]}); "
+                f"predicted genes include {list(all_genes[:5])}."
+            )
+        if missing:
+            logger.warning(
+                f"evaluate: {len(missing)} genes of set {name!r} were not predicted and are skipped: "
+                f"{missing[:10]}"
+            )
+        resolved[name] = present
+    if n_genes > len(all_genes) and any(s in ("heg", "hvg") for s in resolved.values()):
+        logger.info(f"evaluate: only {len(all_genes)} genes predicted; 'heg'/'hvg' use all of them.")
+
+    rows = []
+    summary = []
+    for lib in pd.unique(libs[has_truth]):
+        mask = (libs.to_numpy() == lib) & has_truth
+        t_df = truth.loc[mask]
+        p = pred.loc[mask].to_numpy()
+        t = t_df.to_numpy()
+        r_all = metrics.pearson_per_gene(t, p, nan_to=nan_to)
+        mse_all = metrics.mse_per_gene(t, p)
+        mae_all = metrics.mae_per_gene(t, p)
+        for name, spec in resolved.items():
+            if spec == "heg":
+                chosen = metrics.heg_genes(t_df, n=n_genes)
+            elif spec == "hvg":
+                chosen = metrics.hvg_genes(t_df, n=n_genes)
+            elif spec == "all":
+                chosen = list(all_genes)
+            else:
+                chosen = spec
+            idx = all_genes.get_indexer(chosen)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "library_id": lib,
+                        "gene_set": name,
+                        "gene": chosen,
+                        "pearson_r": r_all[idx],
+                        "mse": mse_all[idx],
+                        "mae": mae_all[idx],
+                    }
+                )
+            )
+            spot_r = metrics.pearson_per_spot(t[:, idx], p[:, idx], nan_to=nan_to)
+            summary.append(
+                {
+                    "library_id": lib,
+                    "gene_set": name,
+                    "n_genes": len(idx),
+                    "n_spots": int(mask.sum()),
+                    "mean_pearson_r": float(np.nanmean(r_all[idx]))
+                    if np.isfinite(r_all[idx]).any()
+                    else np.nan,
+                    "median_pearson_r": float(np.nanmedian(r_all[idx]))
+                    if np.isfinite(r_all[idx]).any()
+                    else np.nan,
+                    "mean_mse": float(mse_all[idx].mean()),
+                    "mean_mae": float(mae_all[idx].mean()),
+                    "mean_spot_r": float(np.nanmean(spot_r)) if np.isfinite(spot_r).any() else np.nan,
+                }
+            )
+
+    result = pd.concat(rows, ignore_index=True)[COLUMNS]
+    summary_df = pd.DataFrame(summary)
+    means = summary_df.groupby("gene_set", sort=False)["mean_pearson_r"].mean()
+    for (lib, name), sub in summary_df.groupby(["library_id", "gene_set"], sort=False):
+        logger.debug(f"evaluate: {lib} {name}: mean r = {sub['mean_pearson_r'].iloc[0]:.4f}")
+
+    evaluation = {
+        "summary": summary_df,
+        "mean": {str(k): float(v) for k, v in means.items()},
+        "n_genes": int(n_genes),
+        "gene_sets": {
+            name: (spec if isinstance(spec, str) else list(spec)) for name, spec in resolved.items()
+        },
+        "nan_to": "keep" if nan_to is None else float(nan_to),
+        "library_key": "" if library_key is None else library_key,
+    }
+    if target in table.uns and not is_stpredict_entry(table, target):
+        logger.warning(
+            f"evaluate: uns[{target!r}] was not written by stpredict; the summary is not stored "
+            "(pass another `key_added`)."
+        )
+    else:
+        entry = table.uns.setdefault(target, {"written_by": WRITTEN_BY, "params": {}})
+        entry["evaluation"] = evaluation
+        logger.info(
+            f"evaluate: mean r per set {evaluation['mean']} over "
+            f"{summary_df['library_id'].nunique()} slide(s); "
+            f"summary written to uns[{target!r}]['evaluation']."
+        )
+    return result

@@ -1,0 +1,407 @@
+"""``stp.tl.fit``: train an image–expression retrieval model and build its reference bank."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stpredict._logging import logger
+from stpredict._settings import settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from stpredict.models import STPredictModel
+
+# The model fitted last in this session; `stp.tl.predict(data)` uses it when no model is given.
+_LAST_MODEL: dict[str, Any] = {"model": None}
+
+
+def last_model() -> STPredictModel:
+    """The model returned by the latest :func:`fit` call of this session."""
+    model = _LAST_MODEL["model"]
+    if model is None:
+        raise ValueError(
+            "No model given and none fitted in this session: pass `model=` (an STPredictModel or the "
+            "folder of a saved one) or run `stp.tl.fit` first."
+        )
+    return model
+
+
+def _check_int(value: Any, name: str, minimum: int = 1, *, none: bool = True) -> int | None:
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"fit: `{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_float(value: Any, name: str, *, positive: bool = True) -> float | None:
+    if value is None:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, int | float | np.number) and np.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise ValueError(
+            f"fit: `{name}` must be a {'positive' if positive else 'non-negative'} number, got {value!r}."
+        )
+    return float(value)
+
+
+def resolve_device(device: str | None) -> str:
+    """``"auto"`` (or ``None``) → ``stp.settings.device`` → CUDA, then MPS, then CPU."""
+    from stpredict.retrieval import resolve_device as _resolve
+
+    if device is None or device == "auto":
+        device = settings.device
+    return str(_resolve(device))
+
+
+def gene_indices(var_names: Sequence[str], genes: Sequence[str], what: str) -> np.ndarray:
+    """Column of each gene in ``var_names``; a :class:`KeyError` names the missing ones."""
+    import pandas as pd
+
+    index = pd.Index([str(v) for v in var_names])
+    pos = index.get_indexer(list(genes))
+    if (pos < 0).any():
+        missing = [g for g, p in zip(genes, pos) if p < 0]
+        raise KeyError(f"{what} lacks {len(missing)} of the genes, e.g. {missing[:5]}.")
+    return pos
+
+
+def default_target_sum(counts) -> float:
+    """Median total count of the spots with any counts (scanpy's ``normalize_total`` default)."""
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    totals = totals[totals > 0]
+    if len(totals) == 0:
+        raise ValueError("fit: every spot has zero counts for the selected genes; nothing to learn from.")
+    return float(np.median(totals))
+
+
+def _hyperparameters(cls) -> set[str]:
+    """Keyword arguments of a module class (its hyper-parameters)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {
+        p.name
+        for p in params
+        if p.kind == p.KEYWORD_ONLY
+        or (p.kind == p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "n_genes"))
+    }
+
+
+def fit(
+    data: AnnData | SpatialData,
+    *,
+    method: str = "cmrcnet",
+    preset: str = "paper",
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 1000,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    image_size: int | None = None,
+    patch_size_um: float = 112.0,
+    val_fraction: float = 0.2,
+    device: str = "auto",
+    seed: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    num_workers: int | None = None,
+    library_key: str = "library_id",
+    table_key: str | None = None,
+    layer: str | None = None,
+    pretrained: bool = False,
+    weights_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    **model_kwargs: Any,
+) -> STPredictModel:
+    """Train an image → expression retrieval model on slides with H&E and expression.
+
+    Steps: read the spots (:class:`stpredict.data.SpotData`); choose the genes
+    (:func:`stpredict.pp.select_genes`, or ``genes``); normalise their counts
+    (:func:`stpredict.pp.normalize_matrix`, ``normalize_total`` to the median total count of the
+    chosen genes, recorded in the model, then ``log1p``); cut an H&E patch of ``patch_size_um``
+    around every spot, resampled to the model's image size; hold out a random ``val_fraction`` of
+    the spots for validation (it picks the best epoch); train with
+    :func:`stpredict.train.train_module`; and store in the model a **reference bank** with the
+    expression embeddings and normalised expression of *all* spots (training and validation).
+
+    **Presets.** ``preset="paper"`` (the default) uses the hyper-parameters published by the
+    method's authors: a ViT/ResNet backbone at 224 px, 100+ epochs: it needs a GPU.
+    On a CPU use ``preset="cpu"`` (a small backbone at a small image size, a few epochs: minutes
+    for a few thousand spots); ``preset="tiny"`` is for smoke tests. Every hyper-parameter can
+    be overridden: the training ones by keyword (``epochs``, ``batch_size``, ``lr``, ...), the
+    network's through ``**model_kwargs`` (keys of ``METHODS[method].default_config(preset)``).
+
+    Parameters
+    ----------
+    data
+        AnnData in the Visium convention (one or many slides, told apart by ``obs[library_key]``,
+        raw counts in ``X`` or ``layers[layer]``, images in ``uns["spatial"]``), or a SpatialData
+        object (a table annotating spot shapes, and images).
+    method
+        ``"cmrcnet"`` (default), ``"bleep"`` or ``"mclstexp"``.
+    preset
+        ``"paper"``, ``"cpu"`` or ``"tiny"`` (see above).
+    genes
+        Genes to predict; default: the union over slides of each slide's top ``n_top_genes``
+        highly variable genes, restricted to genes detected in every slide.
+    n_top_genes
+        Highly variable genes per slide when ``genes`` is ``None``.
+    epochs, batch_size, lr, weight_decay
+        Training settings; ``None`` takes the preset's value.
+    image_size
+        Side (px) of the patches fed to the network; ``None`` takes the preset's value.
+    patch_size_um
+        Physical side of a patch (µm) around each spot centre.
+    val_fraction
+        Share of spots held out for validation, chosen at random with ``seed``; ``0`` trains on
+        every spot and picks the epoch with the lowest training loss.
+    device
+        ``"auto"`` takes ``stp.settings.device`` (itself ``"auto"`` by default: CUDA, then Apple
+        MPS, then CPU), or a torch device name.
+    seed
+        Seed of the split, the initialisation and the shuffling; ``None``: ``stp.settings.seed``.
+    checkpoint_dir
+        Folder to write a checkpoint to after every epoch; needed to ``resume``.
+    resume
+        Continue an interrupted run from ``checkpoint_dir`` (same data and settings).
+    num_workers
+        Data-loading processes; ``None``: ``stp.settings.num_workers``.
+    library_key
+        Column of ``obs`` telling slides apart.
+    table_key
+        SpatialData: the table with the spots (default: the only one).
+    layer
+        Layer of the table with raw counts (default: ``X``).
+    pretrained
+        Start the image backbone from timm's pretrained weights (downloads them).
+    weights_path
+        Start the image backbone from a local state dict (``.safetensors`` or a torch file).
+    progress
+        Show progress bars.
+    **model_kwargs
+        Network hyper-parameters overriding the preset's (e.g. ``dim=128``, ``backbone="resnet18"``).
+
+    Returns
+    -------
+    The fitted :class:`stpredict.models.STPredictModel`, with ``history`` (one dict per epoch),
+    ``training`` (the settings used, ``best_epoch``, ``checkpoint_dir``, ``interrupted``) and the
+    reference bank. It is also remembered as the session's last model, which
+    :func:`stpredict.tl.predict` uses when called without ``model``.
+
+    If training is interrupted (Ctrl-C) after at least one epoch, the model is built from the
+    best epoch so far and returned with a warning; ``resume=True`` (with the same
+    ``checkpoint_dir``) continues the run.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=8, n_genes=40)
+    >>> model = stp.tl.fit(adata, preset="tiny", epochs=1, progress=False)
+    >>> len(model.genes) <= 40
+    True
+    """
+    import pandas as pd
+
+    from stpredict.data import PatchDataset, SpotData
+    from stpredict.models import METHODS, STPredictModel
+    from stpredict.pp import normalize_matrix, select_genes
+    from stpredict.train import train_module
+
+    # ---- validate arguments before reading anything
+    if method not in METHODS:
+        raise ValueError(f"fit: `method` must be one of {sorted(METHODS)}, got {method!r}.")
+    cls = METHODS[method]
+    config = cls.default_config(preset)  # raises on an unknown preset
+    allowed = _hyperparameters(cls) | set(config)
+    unknown = sorted(set(model_kwargs) - allowed)
+    if unknown:
+        raise TypeError(
+            f"fit: unknown hyper-parameter(s) {unknown} for method {method!r}; expected some of "
+            f"{sorted(allowed - {'preset', 'pretrained', 'weights_path', 'image_size'})} (training "
+            "settings, `image_size`, `pretrained` and `weights_path` are keywords of `fit`)."
+        )
+    config.update(model_kwargs)
+    n_top_genes = _check_int(n_top_genes, "n_top_genes")
+    epochs = _check_int(epochs, "epochs")
+    batch_size = _check_int(batch_size, "batch_size")
+    image_size = _check_int(image_size, "image_size", 8)
+    lr = _check_float(lr, "lr")
+    weight_decay = _check_float(weight_decay, "weight_decay", positive=False)
+    patch_size_um = _check_float(patch_size_um, "patch_size_um")
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, int | float)
+        or not 0 <= val_fraction < 1
+    ):
+        raise ValueError(f"fit: `val_fraction` must be in [0, 1), got {val_fraction!r}.")
+    seed = settings.seed if seed is None else _check_int(seed, "seed", 0)
+    num_workers = settings.num_workers if num_workers is None else _check_int(num_workers, "num_workers", 0)
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: `resume=True` needs `checkpoint_dir` (the folder of the interrupted run).")
+    if pretrained and weights_path is not None:
+        raise ValueError("fit: give either `pretrained=True` or `weights_path=`, not both.")
+    if image_size is not None:
+        config["image_size"] = image_size
+    if pretrained:
+        config["pretrained"] = True
+    if weights_path is not None:
+        config["weights_path"] = str(weights_path)
+    dev = resolve_device(device)
+
+    # ---- spots, genes, expression
+    sd = SpotData.from_object(
+        data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
+    )
+    import anndata as ad
+
+    counts_view = ad.AnnData(
+        X=sd.counts,
+        obs=pd.DataFrame({library_key: pd.Categorical(sd.library_ids)}, index=sd.obs_names),
+        var=pd.DataFrame(index=sd.var_names),
+    )
+    gene_list = select_genes(counts_view, n_top_genes=n_top_genes, library_key=library_key, genes=genes)
+    if len(gene_list) == 0:
+        raise ValueError("fit: no genes selected; pass `genes=` or lower the filters.")
+    counts = sd.counts[:, gene_indices(sd.var_names, gene_list, "the data")]
+    target_sum = default_target_sum(counts)
+    expression = np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32)
+    how = "given" if genes is not None else f"top {n_top_genes} HVG per slide"
+    logger.info(
+        f"fit: {len(sd.obs_names)} spots from {len(sd.libraries)} "
+        f"slide(s), {len(gene_list)} genes ({how}), normalised to {target_sum:.0f} counts + log1p"
+    )
+
+    # ---- network and training settings
+    import torch
+
+    torch.manual_seed(seed)
+    module = cls(len(gene_list), **config)
+    defaults = module.training_defaults
+    epochs = epochs or int(defaults["epochs"])
+    batch_size = batch_size or int(defaults["batch_size"])
+    lr = lr if lr is not None else float(defaults["lr"])
+    weight_decay = weight_decay if weight_decay is not None else float(defaults["weight_decay"])
+    size = int(defaults["image_size"])
+
+    # ---- patches and split
+    n = len(sd.obs_names)
+    patches = sd.extract_patches(patch_size_um=patch_size_um, size=size, progress=progress)
+    rng = np.random.default_rng(seed)
+    n_val = round(val_fraction * n) if val_fraction > 0 else 0
+    if n - n_val < 2:
+        raise ValueError(
+            f"fit: only {n - n_val} training spot(s) after holding out {n_val}; need at least 2."
+        )
+    order = rng.permutation(n)
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    coords = np.asarray(sd.grid_coords, dtype=np.int64)
+    train_ds = PatchDataset(patches[train_idx], expression[train_idx], coords=coords[train_idx], augment=True)
+    val_ds = (
+        PatchDataset(patches[val_idx], expression[val_idx], coords=coords[val_idx], augment=False)
+        if n_val
+        else None
+    )
+    batch_sampler = None
+    if getattr(module, "spot_context", "none") == "slide":
+        from stpredict.data import neighbourhood_batches
+
+        batch_sampler = neighbourhood_batches(
+            np.asarray(sd.library_ids)[train_idx], coords[train_idx], batch_size, seed=seed
+        )
+
+    fingerprint = {
+        "method": method,
+        "config": config,
+        "genes": list(gene_list),
+        "target_sum": target_sum,
+        "patch_size_um": patch_size_um,
+        "image_size": size,
+        "n_spots": n,
+        "val_fraction": float(val_fraction),
+        "obs_names_head": [str(x) for x in sd.obs_names[:5]],
+    }
+    logger.info(
+        f"fit: training {method} ({preset!r} preset) on {len(train_idx)} spots, validating on {n_val}, "
+        f"{epochs} epoch(s) of batch {batch_size} on {dev}"
+        + (f"; checkpoints in {checkpoint_dir}" if checkpoint_dir is not None else "")
+    )
+    result = train_module(
+        module,
+        train_ds,
+        val_ds,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=defaults.get("optimizer", "adamw"),
+        lr=lr,
+        weight_decay=weight_decay,
+        lr_min=min(float(defaults.get("lr_min", 0.0)), lr),
+        device=dev,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        resume=bool(resume),
+        fingerprint=fingerprint,
+        num_workers=num_workers,
+        batch_sampler=batch_sampler,
+        progress=progress,
+    )
+    if result.best_state:
+        module.load_state_dict(result.best_state)
+    if result.interrupted:
+        logger.warning(
+            f"fit: training was interrupted after {result.epochs_run} of {epochs} epoch(s); returning the "
+            f"model of the best epoch so far ({result.best_epoch})"
+            + (
+                f"; `resume=True` with checkpoint_dir={str(checkpoint_dir)!r} continues it."
+                if checkpoint_dir
+                else "."
+            )
+        )
+
+    # ---- the fitted model and its reference bank (every spot, training and validation)
+    model = STPredictModel(
+        method,
+        module,
+        genes=gene_list,
+        normalization={"target_sum": target_sum, "log1p": True},
+        patch={"patch_size_um": patch_size_um, "size": size},
+        history=result.history,
+        training={
+            "preset": preset,
+            "epochs": epochs,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "val_fraction": float(val_fraction),
+            "n_train": len(train_idx),
+            "n_val": int(n_val),
+            "seed": seed,
+            "device": dev,
+            "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+            "interrupted": bool(result.interrupted),
+            "library_key": library_key,
+            "libraries": list(sd.libraries),
+        },
+    )
+    model.set_bank(
+        expression,
+        library_id=np.asarray(sd.library_ids).astype(str),
+        obs_names=np.asarray(sd.obs_names).astype(str),
+        coords=coords,
+        device=dev,
+    )
+    model.module.to("cpu")
+    _LAST_MODEL["model"] = model
+    logger.info(
+        f"fit: done; reference bank of {n} spots, best epoch {result.best_epoch} of {result.epochs_run}"
+    )
+    return model

@@ -1,0 +1,380 @@
+"""``stp.tl.predict``: expression of every spot from its H&E patch, by retrieval over the bank."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from stpredict._logging import logger
+
+from ._fit import gene_indices, last_model, resolve_device
+from ._keys import WRITTEN_BY, check_key_writable, is_stpredict_entry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from stpredict.models import STPredictModel
+
+_WEIGHTINGS = ("mean", "inverse_distance2", "softmax")
+
+
+def _is_spatialdata(data: Any) -> bool:
+    from anndata import AnnData
+
+    return not isinstance(data, AnnData) and hasattr(data, "tables") and hasattr(data, "images")
+
+
+def _resolve_model(model: Any) -> STPredictModel:
+    from stpredict.models import STPredictModel
+
+    if model is None:
+        return last_model()
+    if isinstance(model, str | os.PathLike):
+        from stpredict.models import load
+
+        return load(model)
+    if not isinstance(model, STPredictModel):
+        raise TypeError(
+            "predict: `model` must be an STPredictModel or the folder of a saved one, "
+            f"got {type(model).__name__}."
+        )
+    return model
+
+
+def _has_spots(data: Any, table_key: str | None) -> bool:
+    """Whether the input has spots to annotate (a non-empty table with spot positions)."""
+    if _is_spatialdata(data):
+        return len(data.tables) > 0 and all(t.n_obs > 0 for t in data.tables.values())
+    return getattr(data, "n_obs", 0) > 0 and "spatial" in getattr(data, "obsm", {})
+
+
+def _clean(value: Any) -> Any:
+    """``uns``-writable (h5ad / zarr) version of a parameter: no ``None``, plain Python types."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _model_summary(model: STPredictModel) -> dict[str, Any]:
+    training = model.training
+    return _clean(
+        {
+            "method": model.method,
+            "preset": model.config.get("preset"),
+            "n_genes": len(model.genes),
+            "embedding_dim": int(model.embedding_dim),
+            "bank_size": 0 if model.bank is None else len(model.bank["expression"]),
+            "bank_libraries": [] if model.bank is None else sorted(set(model.bank["library_id"].tolist())),
+            "patch_size_um": float(model.patch["patch_size_um"]),
+            "image_size": int(model.patch["size"]),
+            "target_sum": model.normalization.get("target_sum"),
+            "epochs_run": training.get("epochs_run"),
+            "best_epoch": training.get("best_epoch"),
+            "interrupted": training.get("interrupted"),
+        }
+    )
+
+
+def _table_of(data: Any, table_key: str | None) -> AnnData:
+    """The input's AnnData (the table holding the spots of a SpatialData)."""
+    if not _is_spatialdata(data):
+        return data
+    tables = data.tables
+    if table_key is None:
+        if len(tables) != 1:
+            raise ValueError(
+                f"predict: the SpatialData has {len(tables)} tables {list(tables)}; "
+                "choose one with `table_key=`."
+            )
+        table_key = next(iter(tables))
+    if table_key not in tables:
+        raise KeyError(f"predict: the SpatialData has no table {table_key!r}; available: {list(tables)}.")
+    return tables[table_key]
+
+
+def _check_spatialdata_key(sdata: SpatialData, key: str, overwrite: bool) -> None:
+    if key not in sdata.tables:
+        return
+    if is_stpredict_entry(sdata.tables[key], key):
+        logger.warning(f"Replacing the earlier stpredict table {key!r} of the SpatialData.")
+        return
+    if not overwrite:
+        raise ValueError(
+            f"predict: the SpatialData already has a table {key!r} that stpredict did not write; pass "
+            "another `key_added`, or `overwrite=True` to replace it."
+        )
+    logger.warning(f"Overwriting table {key!r} of the SpatialData (overwrite=True).")
+
+
+def predict(
+    data: AnnData | SpatialData,
+    model: STPredictModel | str | os.PathLike | None = None,
+    *,
+    k: int | None = None,
+    weighting: str | None = None,
+    key_added: str = "stpredict",
+    copy: bool = False,
+    overwrite: bool = False,
+    batch_size: int = 256,
+    device: str = "auto",
+    library_key: str = "library_id",
+    table_key: str | None = None,
+    grid_spacing_um: float | None = None,
+    progress: bool = True,
+) -> AnnData | None:
+    """Predict the expression of every spot from its H&E patch.
+
+    Each spot's patch (the same physical size, pixel size and normalisation as in training) is
+    embedded by the model's image encoder; the ``k`` reference-bank spots whose expression
+    embeddings are most cosine-similar are retrieved (:func:`stpredict.retrieval.retrieve`) and
+    their normalised expression is averaged (``weighting``). Works on slides with or without
+    measured expression.
+
+    Results (see the design page, "Writing results"):
+
+    - ``obsm[key_added]``: DataFrame (index ``obs_names``, columns the model's genes), log-normalised
+      predicted expression;
+    - ``obsm[key_added + "_truth"]``: the measured expression of the same genes, normalised like
+      the bank (the model's ``target_sum``, then ``log1p``), when the input has counts for all of them;
+    - ``layers[key_added]`` when the model's genes equal ``var_names`` (as a set);
+    - ``uns[key_added] = {"written_by": "stpredict", "params": {...}}``: method, k, weighting, genes,
+      a summary of the model and a timestamp.
+
+    An existing ``key_added`` written by stpredict is replaced with a warning; anything else under
+    it raises unless ``overwrite=True``. Everything is validated before anything is written.
+
+    For a SpatialData input a new table ``tables[key_added]`` is added, annotating the same shapes as
+    the input table (same ``region``, ``region_key`` and ``instance_key``); it has the layout of a
+    ``copy=True`` result (``X`` = prediction, ``layers["truth"]``).
+
+    Parameters
+    ----------
+    data
+        AnnData in the Visium convention, or a SpatialData object (images and a table of spots).
+        With ``grid_spacing_um``, an input with images only (see below).
+    model
+        A fitted :class:`~stpredict.models.STPredictModel`, or the folder of a saved one; ``None``:
+        the model fitted last in this session.
+    k
+        Bank spots retrieved per query; default: the model's (50 for CMRCNet), at most the bank size.
+    weighting
+        ``"mean"``, ``"inverse_distance2"`` (mclSTExp) or ``"softmax"``; default: the model's.
+    key_added
+        Where results are written.
+    copy
+        Return a new AnnData instead of writing into ``data``: ``X`` = prediction (float32,
+        ``var_names`` = the model's genes), ``obs``, ``obsm["spatial"]`` and ``uns["spatial"]``
+        carried over, ``layers["truth"]`` when the truth is known, and ``uns[key_added]`` with
+        ``params["copy"] = True``. Ready for ``sc.pp.pca`` / ``sc.pp.neighbors`` / ``sc.tl.leiden``.
+    overwrite
+        Replace entries under ``key_added`` that stpredict did not write.
+    batch_size
+        Patches embedded per forward pass.
+    device
+        ``"auto"`` (``stp.settings.device``: CUDA, then MPS, then CPU) or a torch device name.
+    library_key
+        Column of ``obs`` telling slides apart.
+    table_key
+        SpatialData: the table with the spots (default: the only one).
+    grid_spacing_um
+        Predict on a regular grid of pseudo-spots this far apart (µm) over the tissue
+        (:func:`stpredict.tl._grid.grid_spots`) instead of the input's spots, e.g. for an H&E image
+        without spots. There is nothing to annotate in place then, so a new AnnData is returned,
+        as with ``copy=True``.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    ``None`` (results written into ``data``), or the new AnnData with ``copy=True`` or
+    ``grid_spacing_um``.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=8, n_genes=40)
+    >>> train = adata[adata.obs["library_id"] == "slide0"].copy()
+    >>> test = adata[adata.obs["library_id"] == "slide1"].copy()
+    >>> model = stp.tl.fit(train, preset="tiny", epochs=1, progress=False)
+    >>> stp.tl.predict(test, model, k=5, progress=False)
+    >>> test.obsm["stpredict"].shape == (test.n_obs, len(model.genes))
+    True
+    """
+    from stpredict.data import SpotData
+    from stpredict.pp import normalize_matrix
+    from stpredict.retrieval import retrieve
+
+    # ---- validate everything before computing or writing anything
+    model = _resolve_model(model)
+    if model.bank is None:
+        raise ValueError("predict: the model has no reference bank; fit it with `stp.tl.fit`.")
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"predict: `key_added` must be a non-empty string, got {key_added!r}.")
+    n_bank = len(model.bank["expression"])
+    if k is None:
+        k = int(model.retrieval.get("k", 50))
+        if k > n_bank:
+            logger.warning(
+                f"predict: the model's k={k} exceeds its bank of {n_bank} spots; using k={n_bank}."
+            )
+            k = n_bank
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"predict: `k` must be a positive integer, got {k!r}.")
+    if k > n_bank:
+        raise ValueError(f"predict: k={k} is larger than the model's reference bank ({n_bank} spots).")
+    weighting = model.retrieval.get("weighting", "mean") if weighting is None else weighting
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"predict: `weighting` must be one of {_WEIGHTINGS}, got {weighting!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"predict: `batch_size` must be a positive integer, got {batch_size!r}.")
+    dev = resolve_device(device)
+
+    grid = grid_spacing_um is not None
+    if grid:
+        from ._grid import grid_spots
+
+        data = grid_spots(data, spacing_um=grid_spacing_um, library_key=library_key)
+        copy, table_key = True, None
+        logger.info(f"predict: {data.n_obs} pseudo-spots {grid_spacing_um:g} µm apart (grid)")
+    elif not _has_spots(data, table_key):
+        raise ValueError(
+            "predict: the input has no spots (no table, or no obsm['spatial']); pass `grid_spacing_um=` to "
+            "predict on a grid of pseudo-spots over the tissue."
+        )
+    sdata_out = _is_spatialdata(data) and not copy
+    table = _table_of(data, table_key)
+    if sdata_out:
+        _check_spatialdata_key(data, key_added, overwrite)
+    elif not copy:
+        check_key_writable(table, key_added, overwrite=overwrite)
+    sd = SpotData.from_object(data, library_key=library_key, table_key=table_key)
+    obs_names = pd.Index(sd.obs_names)
+
+    # ---- truth: the model genes' counts, normalised like the bank
+    truth = None
+    if sd.counts is not None and sd.var_names is not None and sd.counts.shape[1] > 0:
+        var = pd.Index([str(v) for v in sd.var_names])
+        if var.get_indexer(model.genes).min() >= 0:
+            counts = sd.counts[:, gene_indices(var, model.genes, "the data")]
+            target_sum = model.normalization.get("target_sum")
+            truth = np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32)
+        else:
+            missing = len(set(model.genes) - set(var))
+            logger.info(f"predict: the data lacks {missing} of the model's genes; no truth written")
+
+    # ---- embed, retrieve
+    patches = sd.extract_patches(
+        patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]), progress=progress
+    )
+    queries = model.embed_images(patches, batch_size=int(batch_size), device=dev, progress=progress)
+    model.module.to("cpu")
+    result = retrieve(
+        queries,
+        model.bank["embeddings"],
+        model.bank["expression"],
+        int(k),
+        weighting=weighting,
+        temperature=float(model.retrieval.get("temperature", 1.0)),
+        device=dev,
+    )
+    prediction = result.prediction.astype(np.float32, copy=False)
+    pred_df = pd.DataFrame(prediction, index=obs_names, columns=pd.Index(model.genes))
+    truth_df = None if truth is None else pd.DataFrame(truth, index=obs_names, columns=pd.Index(model.genes))
+
+    params = _clean(
+        {
+            "method": model.method,
+            "k": int(k),
+            "weighting": weighting,
+            "genes": list(model.genes),
+            "n_spots": int(len(obs_names)),
+            "library_key": library_key,
+            "truth": truth is not None,
+            "copy": bool(copy),
+            "grid_spacing_um": None if not grid else float(grid_spacing_um),
+            "model": _model_summary(model),
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    entry = {"written_by": WRITTEN_BY, "params": params}
+    libs = ", ".join(map(str, sd.libraries))
+    if copy or sdata_out:
+        out = _as_anndata(table, sd, pred_df, truth_df, key_added, entry)
+        if sdata_out:
+            return _add_table(data, table, out, key_added, libs)
+        logger.info(f"predict: {len(obs_names)} spots x {len(model.genes)} genes from {libs} → new AnnData")
+        return out
+
+    _write(table, pred_df, truth_df, key_added, entry)
+    logger.info(
+        f"predict: {len(obs_names)} spots x {len(model.genes)} genes from {libs} → obsm[{key_added!r}]"
+        + (f", obsm[{key_added + '_truth'!r}]" if truth is not None else "")
+        + (f", layers[{key_added!r}]" if key_added in table.layers else "")
+        + f", uns[{key_added!r}]"
+    )
+    return None
+
+
+def _write(adata: AnnData, pred: pd.DataFrame, truth: pd.DataFrame | None, key: str, entry: dict) -> None:
+    """Write results into ``adata`` in place (keys already checked)."""
+    truth_key = f"{key}_truth"
+    for container in (adata.obsm, adata.layers):
+        for name in (key, truth_key):
+            if name in container:
+                del container[name]
+    pred = pred.reindex(adata.obs_names)
+    adata.obsm[key] = pred
+    if truth is not None:
+        adata.obsm[truth_key] = truth.reindex(adata.obs_names)
+    var = pd.Index(adata.var_names.astype(str))
+    if len(var) == len(pred.columns) and set(var) == set(pred.columns):
+        adata.layers[key] = pred.loc[:, var].to_numpy(dtype=np.float32)
+    adata.uns[key] = entry
+
+
+def _as_anndata(table, sd, pred, truth, key, entry) -> AnnData:
+    """A new AnnData with the prediction as ``X`` (the ``copy=True`` layout)."""
+    import anndata as ad
+
+    obs = table.obs.loc[pred.index].copy() if table is not None else pd.DataFrame(index=pred.index)
+    out = ad.AnnData(X=pred.to_numpy(dtype=np.float32), obs=obs, var=pd.DataFrame(index=pred.columns.copy()))
+    if truth is not None:
+        out.layers["truth"] = truth.to_numpy(dtype=np.float32)
+    pos = table.obs_names.get_indexer(pred.index)
+    if "spatial" in table.obsm:
+        out.obsm["spatial"] = np.asarray(table.obsm["spatial"])[pos].copy()
+    else:
+        out.obsm["spatial"] = np.asarray(sd.centers, dtype=np.float64).copy()
+    if "spatial" in table.uns:
+        out.uns["spatial"] = table.uns["spatial"]
+    out.uns[key] = dict(entry, params=dict(entry["params"], copy=True))
+    return out
+
+
+def _add_table(sdata, table, out, key: str, libs: str) -> None:
+    """Add ``out`` as ``sdata.tables[key]``, annotating the same shapes as the input ``table``."""
+    from spatialdata.models import TableModel, get_table_keys
+
+    region, region_key, instance_key = get_table_keys(table)
+    for col in (region_key, instance_key):
+        out.obs[col] = table.obs.loc[out.obs_names, col].to_numpy()
+    if isinstance(table.obs[region_key].dtype, pd.CategoricalDtype):
+        out.obs[region_key] = pd.Categorical(
+            out.obs[region_key], categories=table.obs[region_key].cat.categories
+        )
+    out.uns.pop("spatialdata_attrs", None)
+    out = TableModel.parse(out, region=region, region_key=region_key, instance_key=instance_key)
+    if key in sdata.tables:
+        del sdata.tables[key]
+    sdata.tables[key] = out
+    logger.info(f"predict: {out.n_obs} spots x {out.n_vars} genes from {libs} → SpatialData table {key!r}")
+    return None
