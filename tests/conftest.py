@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("STPREDICT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+_DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("STPREDICT_SHARED_DATA", _DEFAULT_SHARED))
 
 
 def _need(path: Path) -> Path:

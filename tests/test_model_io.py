@@ -74,7 +74,7 @@ def test_round_trip_is_exact(tmp_path, method):
 
 def test_round_trip_without_bank_and_pretrained_flag_not_followed(tmp_path):
     model = _fitted("bleep", bank=False)
-    model.module.config["pretrained"] = True  # as the paper preset: must not download on load
+    model.module.config["pretrained"] = True  # fitted with pretrained=True: load must not download
     model.save(tmp_path / "m")
     again = stp.models.load(tmp_path / "m")
     assert again.bank is None

@@ -34,7 +34,11 @@ import stpredict as stp
 warnings.filterwarnings("ignore", category=FutureWarning)
 stp.settings.verbosity = 1  # warnings only, to keep the notebook short""",
     ),
-    ("md", "## Data\n\nOne AnnData, several slides told apart by `obs['library_id']`, in the scanpy/squidpy Visium convention."),
+    (
+        "md",
+        "## Data\n\nOne AnnData, several slides told apart by `obs['library_id']`, "
+        "in the scanpy/squidpy Visium convention.",
+    ),
     (
         "code",
         """adata = stp.datasets.synthetic(seed=0)
@@ -72,7 +76,11 @@ when the slide was sequenced.""",
         """stp.tl.predict(test, model=model, k=50, progress=False)
 test.obsm["stpredict"].iloc[:5, :6]""",
     ),
-    ("md", "## Evaluate\n\nPearson r per gene across spots, on the top-50 highly expressed (HEG) and highly variable (HVG) genes of the slide."),
+    (
+        "md",
+        "## Evaluate\n\nPearson r per gene across spots, on the top-50 highly expressed (HEG) "
+        "and highly variable (HVG) genes of the slide.",
+    ),
     (
         "code",
         """res = stp.tl.evaluate(test, genes=("heg", "hvg", "all"))
@@ -84,7 +92,7 @@ res.groupby("gene_set")["pearson_r"].describe()[["count", "mean", "50%"]]""",
         """best = res[res.gene_set == "hvg"].sort_values("pearson_r", ascending=False).gene.iloc[:2].tolist()
 stp.pl.expression_map(test, best);""",
     ),
-    ("code", "stp.pl.pcc_boxplot(res, x=\"gene_set\");"),
+    ("code", 'stp.pl.pcc_boxplot(res, x="gene_set");'),
     ("code", "stp.pl.gene_correlation(test, n_genes=30);"),
     ("code", "stp.pl.expression_profile(test);"),
     (

@@ -17,10 +17,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-_SUBMODULES = ("pp", "tl", "pl", "io", "datasets", "models", "data", "metrics", "retrieval")
+_SUBMODULES = (
+    "pp",
+    "tl",
+    "pl",
+    "io",
+    "datasets",
+    "models",
+    "data",
+    "metrics",
+    "retrieval",
+    "train",
+    "baselines",
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import data, datasets, io, metrics, models, pl, pp, retrieval, tl
+    from . import baselines, data, datasets, io, metrics, models, pl, pp, retrieval, tl, train
 
 __all__ = ["settings", "__version__", *_SUBMODULES]
 

@@ -80,8 +80,9 @@ class Settings:
 
     def __repr__(self) -> str:
         return (
-            f"stpredict settings: device={self.device!r}, seed={self.seed}, num_workers={self.num_workers}, "
-            f"verbosity={self.verbosity}, datasetdir={str(self.datasetdir)!r}, datasets_url={self.datasets_url!r}"
+            f"stpredict settings: device={self.device!r}, seed={self.seed}, "
+            f"num_workers={self.num_workers}, verbosity={self.verbosity}, "
+            f"datasetdir={str(self.datasetdir)!r}, datasets_url={self.datasets_url!r}"
         )
 
 

@@ -32,9 +32,10 @@ class BLEEP(ContrastiveModule):
     Trained with the soft-target CLIP loss (:func:`~stpredict.models.soft_clip_loss`);
     predictions retrieve the top-50 reference spots by cosine similarity and average them.
 
-    Presets: ``"paper"`` (ResNet-50 at 224 px, ImageNet-pretrained as in the authors' code, so
-    it needs the network once), ``"cpu"`` (ResNet-18 at 112 px from scratch) and ``"tiny"``
-    (a ResNet with one narrow block per stage at 32 px, for tests). In-batch contrastive losses need large
+    Presets: ``"paper"`` (ResNet-50 at 224 px; the authors start from ImageNet weights:
+    pass ``pretrained=True`` (network) or ``weights_path=`` to do the same; the default is from
+    scratch), ``"cpu"`` (ResNet-18 at 112 px from scratch) and ``"tiny"`` (a ResNet with one
+    narrow block per stage at 32 px, for tests). In-batch contrastive losses need large
     batches: users of the authors' code report collapse with small batches (see docs).
 
     Parameters
@@ -72,7 +73,7 @@ class BLEEP(ContrastiveModule):
 
     name: ClassVar[str] = "bleep"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"backbone": "resnet50", "backbone_kwargs": {}, "image_size": 224, "pretrained": True},
+        "paper": {"backbone": "resnet50", "backbone_kwargs": {}, "image_size": 224, "pretrained": False},
         "cpu": {"backbone": "resnet18", "backbone_kwargs": {}, "image_size": 112, "pretrained": False},
         "tiny": {
             "backbone": "resnet18",

@@ -38,9 +38,10 @@ class MclSTExp(ContrastiveModule):
     inference, expression is embedded in consecutive sets of ``eval_set_size`` spots, and
     predictions weight the top-k (k = 200) references by 1/d².
 
-    Presets: ``"paper"`` (DenseNet-121 at 224 px, ImageNet-pretrained as in the authors' code,
-    so it needs the network once), ``"cpu"`` (DenseNet-121 at 112 px from scratch) and
-    ``"tiny"`` (a one-layer-per-block DenseNet at 32 px, for tests).
+    Presets: ``"paper"`` (DenseNet-121 at 224 px; the authors start from ImageNet weights:
+    pass ``pretrained=True`` (network) or ``weights_path=`` to do the same; the default is from
+    scratch), ``"cpu"`` (DenseNet-121 at 112 px from scratch) and ``"tiny"`` (a one-layer-per-block
+    DenseNet at 32 px, for tests).
 
     Parameters
     ----------
@@ -80,7 +81,7 @@ class MclSTExp(ContrastiveModule):
 
     name: ClassVar[str] = "mclstexp"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"backbone": "densenet121", "backbone_kwargs": {}, "image_size": 224, "pretrained": True},
+        "paper": {"backbone": "densenet121", "backbone_kwargs": {}, "image_size": 224, "pretrained": False},
         "cpu": {"backbone": "densenet121", "backbone_kwargs": {}, "image_size": 112, "pretrained": False},
         "tiny": {
             "backbone": "densenet121",

@@ -103,7 +103,7 @@ def gene_correlation(
     Examples
     --------
     >>> import stpredict as stp
-    >>> stp.tl.predict(model, adata)  # doctest: +SKIP
+    >>> stp.tl.predict(adata, model=model)  # doctest: +SKIP
     >>> fig = stp.pl.gene_correlation(adata, n_genes=20, show=False)  # doctest: +SKIP
     """
     pred, truth = get_prediction(adata, key)

@@ -161,7 +161,7 @@ def expression_map(
     --------
     >>> import stpredict as stp
     >>> adata = stp.datasets.synthetic(n_slides=1, n_spots_per_side=8, n_genes=40)
-    >>> stp.tl.predict(model, adata)  # doctest: +SKIP
+    >>> stp.tl.predict(adata, model=model)  # doctest: +SKIP
     >>> fig = stp.pl.expression_map(adata, ["KRT19", "COL1A1"], show=False)  # doctest: +SKIP
     """
     from matplotlib.colors import Normalize

@@ -66,7 +66,7 @@ def expression_profile(
     Examples
     --------
     >>> import stpredict as stp
-    >>> stp.tl.predict(model, adata)  # doctest: +SKIP
+    >>> stp.tl.predict(adata, model=model)  # doctest: +SKIP
     >>> fig = stp.pl.expression_profile(adata, show=False)  # doctest: +SKIP
     """
     pred, truth = get_prediction(adata, key)

@@ -1,8 +1,9 @@
 """Tools: fit a model, predict expression, evaluate and cross-validate."""
 
-from ._cv import cross_validate
+from ._cv import CrossValidationResult, cross_validate
 from ._evaluate import evaluate
 from ._fit import fit
+from ._grid import grid_spots
 from ._predict import predict
 
-__all__ = ["fit", "predict", "evaluate", "cross_validate"]
+__all__ = ["fit", "predict", "evaluate", "cross_validate", "CrossValidationResult", "grid_spots"]

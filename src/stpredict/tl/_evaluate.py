@@ -127,7 +127,7 @@ def evaluate(
     >>> import stpredict as stp
     >>> adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=8, n_genes=40)
     >>> model = stp.tl.fit(adata, method="bleep", preset="cpu")  # doctest: +SKIP
-    >>> stp.tl.predict(model, adata)  # doctest: +SKIP
+    >>> stp.tl.predict(adata, model=model)  # doctest: +SKIP
     >>> res = stp.tl.evaluate(adata, genes=("heg", "hvg"), n_genes=10)  # doctest: +SKIP
     >>> res.groupby(["gene_set", "library_id"]).pearson_r.mean()  # doctest: +SKIP
     """

@@ -340,6 +340,7 @@ def fit(
         epochs=epochs,
         batch_size=batch_size,
         optimizer=defaults.get("optimizer", "adamw"),
+        scheduler=defaults.get("scheduler", "cosine"),
         lr=lr,
         weight_decay=weight_decay,
         lr_min=min(float(defaults.get("lr_min", 0.0)), lr),
