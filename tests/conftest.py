@@ -37,11 +37,14 @@ def mob_dir(shared_data) -> Path:
 @pytest.fixture(autouse=True)
 def _propagate_stpredict_logs():
     """Let pytest's ``caplog`` see the package logger (which does not propagate by default)."""
+    import stpredict as stp
+
     logger = logging.getLogger("stpredict")
-    old = logger.propagate
+    old, verbosity = logger.propagate, stp.settings.verbosity
     logger.propagate = True
     yield
     logger.propagate = old
+    stp.settings.verbosity = verbosity
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,14 @@ def test_no_command_prints_help(capsys):
     assert "demo" in capsys.readouterr().out
 
 
+def test_quiet_does_not_leak_into_the_session(tmp_path, capsys):
+    stp.settings.verbosity = 3
+    argv = ["--quiet", "predict", str(tmp_path / "missing.h5ad"), "--model", str(tmp_path), "--out", "o.h5ad"]
+    assert main(argv) == 1
+    assert "error" in capsys.readouterr().err
+    assert stp.settings.verbosity == 3
+
+
 def test_python_dash_m():
     proc = subprocess.run(
         [sys.executable, "-m", "stpredict", "--help"],

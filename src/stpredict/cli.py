@@ -346,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    verbosity = stp.settings.verbosity
     if args.quiet:
         stp.settings.verbosity = 1
     try:
@@ -354,3 +355,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"stpredict {args.command}: error: {msg}", file=sys.stderr)
         return 1
+    finally:  # main() is also called in-process: leave the caller's settings as they were
+        stp.settings.verbosity = verbosity
