@@ -25,6 +25,8 @@ recovers the tissue domains found by clustering the *measured* expression.""",
         "code",
         """import warnings
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # no ipywidgets needed
+
 import numpy as np
 import scanpy as sc
 from sklearn.metrics import adjusted_rand_score
@@ -101,7 +103,8 @@ stp.pl.expression_map(test, best);""",
 
 `copy=True` returns a new AnnData of predicted expression, with the spatial metadata carried over,
 ready for the usual scanpy pipeline. We cluster the prediction and the measured expression the same
-way and compare the two partitions with the adjusted Rand index.""",
+way and compare the two partitions with the adjusted Rand index (1: the same partition, about 0:
+no better than chance).""",
     ),
     (
         "code",
