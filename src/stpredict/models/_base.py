@@ -118,6 +118,44 @@ def _jsonable_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in (kwargs or {}).items()}
 
 
+def _tower_config(
+    *,
+    preset: str,
+    backbone: str,
+    backbone_kwargs: dict[str, Any] | None,
+    image_size: int,
+    pretrained: bool,
+    weights_path: str | None,
+    dim: int,
+    dropout: float,
+    temperature: float,
+) -> dict[str, Any]:
+    """The JSON config entries every two-tower module shares (image tower, projection, loss)."""
+    return {
+        "preset": preset,
+        "backbone": backbone,
+        "backbone_kwargs": _jsonable_kwargs(backbone_kwargs),
+        "image_size": int(image_size),
+        "pretrained": bool(pretrained),
+        "weights_path": None if weights_path is None else str(weights_path),
+        "dim": int(dim),
+        "dropout": float(dropout),
+        "temperature": float(temperature),
+    }
+
+
+def _training_presets(base: dict[str, Any], *paper_names: str) -> dict[str, dict[str, Any]]:
+    """Training presets from a method's paper settings.
+
+    ``paper_names`` at 224 px, then ``cpu`` (30 epochs, 112 px) and ``tiny`` (2 epochs, batches
+    of 16, 32 px).
+    """
+    presets = {name: {**base, "image_size": 224} for name in paper_names}
+    presets["cpu"] = {**base, "epochs": 30, "image_size": 112}
+    presets["tiny"] = {**base, "epochs": 2, "batch_size": 16, "image_size": 32}
+    return presets
+
+
 def _pool_tokens(features: torch.Tensor) -> torch.Tensor:
     """Mean over all tokens (class token included) for token outputs; pooled features pass through."""
     return features.mean(dim=1) if features.ndim == 3 else features

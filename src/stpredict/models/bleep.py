@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._base import ContrastiveModule, _jsonable_kwargs
+from ._base import ContrastiveModule, _tower_config, _training_presets
 from ._layers import ProjectionHead
 from ._losses import soft_clip_loss
 
@@ -83,11 +83,7 @@ class BLEEP(ContrastiveModule):
             "dim": 32,
         },
     }
-    training_presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {**_TRAINING, "image_size": 224},
-        "cpu": {**_TRAINING, "epochs": 30, "image_size": 112},
-        "tiny": {**_TRAINING, "epochs": 2, "batch_size": 16, "image_size": 32},
-    }
+    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(_TRAINING, "paper")
 
     def __init__(
         self,
@@ -104,15 +100,17 @@ class BLEEP(ContrastiveModule):
         temperature: float = 1.0,
     ) -> None:
         config = {
-            "preset": preset,
-            "backbone": backbone,
-            "backbone_kwargs": _jsonable_kwargs(backbone_kwargs),
-            "image_size": int(image_size),
-            "pretrained": bool(pretrained),
-            "weights_path": None if weights_path is None else str(weights_path),
-            "dim": int(dim),
-            "dropout": float(dropout),
-            "temperature": float(temperature),
+            **_tower_config(
+                preset=preset,
+                backbone=backbone,
+                backbone_kwargs=backbone_kwargs,
+                image_size=image_size,
+                pretrained=pretrained,
+                weights_path=weights_path,
+                dim=dim,
+                dropout=dropout,
+                temperature=temperature,
+            ),
         }
         self._init_two_tower(n_genes, config)
 

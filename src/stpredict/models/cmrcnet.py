@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import _jsonable_kwargs, _pool_tokens
+from ._base import _pool_tokens, _tower_config, _training_presets
 from ._layers import CrossAttention, FusionBlock, SNNGeneTokens, feature_mask
 from ._losses import cmrcnet_total_loss, reconstruction_loss, soft_clip_loss
 from .bleep import _TRAINING, BLEEP
@@ -96,12 +96,9 @@ class CMRCNet(BLEEP):
             "fusion_heads": 4,
         },
     }
-    training_presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {**_TRAINING, "image_size": 224},
-        "paper-vitb": {**_TRAINING, "image_size": 224},
-        "cpu": {**_TRAINING, "epochs": 30, "image_size": 112},
-        "tiny": {**_TRAINING, "epochs": 2, "batch_size": 16, "image_size": 32},
-    }
+    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(
+        _TRAINING, "paper", "paper-vitb"
+    )
 
     def __init__(
         self,
@@ -136,15 +133,17 @@ class CMRCNet(BLEEP):
         if fusion_depth < 0:
             raise ValueError(f"CMRCNet: fusion_depth={fusion_depth!r}; expected >= 0.")
         config = {
-            "preset": preset,
-            "backbone": backbone,
-            "backbone_kwargs": _jsonable_kwargs(backbone_kwargs),
-            "image_size": int(image_size),
-            "pretrained": bool(pretrained),
-            "weights_path": None if weights_path is None else str(weights_path),
-            "dim": int(dim),
-            "dropout": float(dropout),
-            "temperature": float(temperature),
+            **_tower_config(
+                preset=preset,
+                backbone=backbone,
+                backbone_kwargs=backbone_kwargs,
+                image_size=image_size,
+                pretrained=pretrained,
+                weights_path=weights_path,
+                dim=dim,
+                dropout=dropout,
+                temperature=temperature,
+            ),
             "reconstruction": reconstruction,
             "mask_ratio": float(mask_ratio),
             "mask_in_eval": bool(mask_in_eval),

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import ContrastiveModule, _jsonable_kwargs
+from ._base import ContrastiveModule, _tower_config, _training_presets
 from ._layers import ProjectionHead, SpotTransformerBlock
 from ._losses import info_nce_loss
 
@@ -94,11 +94,7 @@ class MclSTExp(ContrastiveModule):
             "max_coord": 64,
         },
     }
-    training_presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {**_TRAINING, "image_size": 224},
-        "cpu": {**_TRAINING, "epochs": 30, "image_size": 112},
-        "tiny": {**_TRAINING, "epochs": 2, "batch_size": 16, "image_size": 32},
-    }
+    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(_TRAINING, "paper")
 
     def __init__(
         self,
@@ -127,15 +123,17 @@ class MclSTExp(ContrastiveModule):
                 f"MclSTExp: max_coord={max_coord} and eval_set_size={eval_set_size} must be >= 1."
             )
         config = {
-            "preset": preset,
-            "backbone": backbone,
-            "backbone_kwargs": _jsonable_kwargs(backbone_kwargs),
-            "image_size": int(image_size),
-            "pretrained": bool(pretrained),
-            "weights_path": None if weights_path is None else str(weights_path),
-            "dim": int(dim),
-            "dropout": float(dropout),
-            "temperature": float(temperature),
+            **_tower_config(
+                preset=preset,
+                backbone=backbone,
+                backbone_kwargs=backbone_kwargs,
+                image_size=image_size,
+                pretrained=pretrained,
+                weights_path=weights_path,
+                dim=dim,
+                dropout=dropout,
+                temperature=temperature,
+            ),
             "depth": int(depth),
             "heads": int(heads),
             "head_dim": int(head_dim),
