@@ -89,3 +89,28 @@ def check_pair(value: Any, *, what: str) -> tuple[float, float]:
     if len(vals) != 2:
         raise ValueError(f"{what} must be a number or an (x, y) pair, got {value!r}.")
     return check_positive(vals[0], what=what), check_positive(vals[1], what=what)
+
+
+def is_spatialdata(data: Any) -> bool:
+    """Whether ``data`` is a :class:`spatialdata.SpatialData`, without importing spatialdata."""
+    return any(
+        c.__name__ == "SpatialData" and c.__module__.startswith("spatialdata") for c in type(data).__mro__
+    )
+
+
+def spatialdata_table(sdata: Any, table_key: str | None, *, what: str = "sdata") -> tuple[str, Any]:
+    """The table of ``sdata`` annotating the spots: ``table_key``, or the only one there is.
+
+    ``what`` names the SpatialData in errors. Returns ``(table_key, table)``.
+    """
+    tables = sdata.tables
+    if table_key is None:
+        if len(tables) != 1:
+            raise ValueError(
+                f"{what} has {len(tables)} tables {list(tables)}; pass `table_key=` naming the one "
+                "annotating the spots."
+            )
+        table_key = next(iter(tables))
+    elif table_key not in tables:
+        raise KeyError(f"{what}.tables has no table {table_key!r}; available: {list(tables)}.")
+    return table_key, tables[table_key]

@@ -17,6 +17,8 @@ from stpredict._validation import (
     check_obs_names,
     check_pair,
     check_positive,
+    is_spatialdata,
+    spatialdata_table,
 )
 
 from ._patches import SlideImage, extract_image_patches
@@ -33,12 +35,6 @@ _IMAGE_PREFERENCE = ("hires", "lowres")
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _is_spatialdata(data: Any) -> bool:
-    return any(
-        c.__name__ == "SpatialData" and c.__module__.startswith("spatialdata") for c in type(data).__mro__
-    )
-
-
 def _expression(
     table: AnnData, layer: str | None, *, what: str, require: bool
 ) -> tuple[sparse.csr_matrix | None, pd.Index | None]:
@@ -282,7 +278,7 @@ class SpotData:
         um_override = (
             None if microns_per_pixel is None else check_pair(microns_per_pixel, what="microns_per_pixel")
         )
-        if _is_spatialdata(data):
+        if is_spatialdata(data):
             return _from_spatialdata(
                 data,
                 library_key=library_key,
@@ -590,17 +586,7 @@ def _from_spatialdata(
     images: Mapping[str, str] | None,
     um_override: tuple[float, float] | None,
 ) -> SpotData:
-    tables = dict(sdata.tables)
-    if table_key is None:
-        if len(tables) != 1:
-            raise ValueError(
-                f"sdata has {len(tables)} tables {list(tables)}; pass `table_key=` naming the one "
-                "annotating the spots."
-            )
-        table_key = next(iter(tables))
-    elif table_key not in tables:
-        raise KeyError(f"sdata.tables has no table {table_key!r}; available: {list(tables)}.")
-    table = tables[table_key]
+    table_key, table = spatialdata_table(sdata, table_key)
     what = f"sdata.tables[{table_key!r}]"
     attrs = table.uns.get("spatialdata_attrs")
     if not isinstance(attrs, Mapping) or "region_key" not in attrs or "instance_key" not in attrs:

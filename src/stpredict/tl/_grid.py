@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict._logging import logger
+from stpredict._validation import is_spatialdata
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -306,7 +307,7 @@ def grid_spots(
 
     if isinstance(data, ad.AnnData):
         sources = _sources_anndata(data, library_id, image_key, microns_per_pixel, spot_diameter_um)
-    elif hasattr(data, "images") and hasattr(data, "tables"):
+    elif is_spatialdata(data):
         sources = _sources_spatialdata(data, library_id, image_key, microns_per_pixel)
     elif isinstance(data, np.ndarray) or hasattr(data, "__array__"):
         if microns_per_pixel is None:

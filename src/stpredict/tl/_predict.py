@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict._logging import logger
+from stpredict._validation import is_spatialdata, spatialdata_table
 
 from ._fit import gene_indices, last_model, resolve_device
 from ._keys import WRITTEN_BY, check_key_writable, is_stpredict_entry
@@ -21,12 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from stpredict.models import STPredictModel
 
 _WEIGHTINGS = ("mean", "inverse_distance2", "softmax")
-
-
-def _is_spatialdata(data: Any) -> bool:
-    from anndata import AnnData
-
-    return not isinstance(data, AnnData) and hasattr(data, "tables") and hasattr(data, "images")
 
 
 def _resolve_model(model: Any) -> STPredictModel:
@@ -48,7 +43,7 @@ def _resolve_model(model: Any) -> STPredictModel:
 
 def _has_spots(data: Any, table_key: str | None) -> bool:
     """Whether the input has spots to annotate (a non-empty table with spot positions)."""
-    if _is_spatialdata(data):
+    if is_spatialdata(data):
         return len(data.tables) > 0 and all(t.n_obs > 0 for t in data.tables.values())
     return getattr(data, "n_obs", 0) > 0 and "spatial" in getattr(data, "obsm", {})
 
@@ -86,19 +81,9 @@ def _model_summary(model: STPredictModel) -> dict[str, Any]:
 
 def _table_of(data: Any, table_key: str | None) -> AnnData:
     """The input's AnnData (the table holding the spots of a SpatialData)."""
-    if not _is_spatialdata(data):
+    if not is_spatialdata(data):
         return data
-    tables = data.tables
-    if table_key is None:
-        if len(tables) != 1:
-            raise ValueError(
-                f"predict: the SpatialData has {len(tables)} tables {list(tables)}; "
-                "choose one with `table_key=`."
-            )
-        table_key = next(iter(tables))
-    if table_key not in tables:
-        raise KeyError(f"predict: the SpatialData has no table {table_key!r}; available: {list(tables)}.")
-    return tables[table_key]
+    return spatialdata_table(data, table_key, what="data")[1]
 
 
 def _check_spatialdata_key(sdata: SpatialData, key: str, overwrite: bool) -> None:
@@ -250,7 +235,7 @@ def predict(
             "predict: the input has no spots (no table, or no obsm['spatial']); pass `grid_spacing_um=` to "
             "predict on a grid of pseudo-spots over the tissue."
         )
-    sdata_out = _is_spatialdata(data) and not copy
+    sdata_out = is_spatialdata(data) and not copy
     table = _table_of(data, table_key)
     if sdata_out:
         _check_spatialdata_key(data, key_added, overwrite)
