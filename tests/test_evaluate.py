@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _predicted import make_predicted
 
 from stpredict.tl._evaluate import evaluate
 from stpredict.tl._keys import check_key_writable, get_prediction
-
-
-def _helper():
-    if "_predicted" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_predicted", Path(__file__).with_name("_predicted.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_predicted"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_predicted"]
-
-
-make_predicted = _helper().make_predicted
 
 # Two slides of 5 spots x 3 genes. lib0 is the hand-worked example of test_metrics.py:
 #   r = (0.8, -1, 0 [constant]); totals A 15, B 3, C 10; variances A 2, B 0.24, C 0

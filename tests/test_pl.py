@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import _predicted
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from _predicted import make_predicted
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 
 from stpredict import pl
 from stpredict.metrics import hvg_genes
-
-
-def _helper():
-    if "_predicted" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_predicted", Path(__file__).with_name("_predicted.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_predicted"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_predicted"]
-
-
-_predicted = _helper()
-make_predicted = _predicted.make_predicted
 
 
 @pytest.fixture(autouse=True)

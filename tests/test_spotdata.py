@@ -1,21 +1,13 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _builders import gradient_image, spatialdata_with_transform, visium_adata
 
 from stpredict.data import DEFAULT_SPOT_DIAMETER_UM, SpotData
-
-if "_builders" not in sys.modules:  # tests run with --import-mode=importlib
-    _spec = importlib.util.spec_from_file_location("_builders", Path(__file__).with_name("_builders.py"))
-    sys.modules["_builders"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["_builders"])
-from _builders import gradient_image, spatialdata_with_transform, visium_adata
 
 
 # --------------------------------------------------------------------------------------------
