@@ -5,7 +5,6 @@
 # enable them with STPREDICT_DOCS_INTERSPHINX=1 (on by default on Read the Docs).
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from datetime import datetime
@@ -124,17 +123,15 @@ pygments_dark_style = "monokai"
 # -- Set-up ----------------------------------------------------------------------------------
 
 
-class _QuietEmptyTutorialGlob(logging.Filter):
-    """tutorials/index.md globs for notebooks that may not be committed yet: that is fine.
+_TORCH_FLAGS = {"call_super_init", "dump_patches", "training"}  # plain values on nn.Module
 
-    Sphinx 9 emits the "glob pattern didn't match" warning without a type, so
-    ``suppress_warnings`` cannot silence it; this filter drops only that one message.
-    """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not ("toctree glob pattern" in msg and "'tutorial*'" in msg)
+def _skip_torch_members(app, what, name, obj, skip, options):
+    """Leave out what the models inherit from ``torch.nn.Module`` (``to``, ``state_dict``, …)."""
+    if name in _TORCH_FLAGS or (getattr(obj, "__module__", None) or "").startswith("torch."):
+        return True
+    return None
 
 
 def setup(app):
-    logging.getLogger("sphinx.sphinx.directives.other").addFilter(_QuietEmptyTutorialGlob())
+    app.connect("autodoc-skip-member", _skip_torch_members)
