@@ -62,11 +62,6 @@ def test_convention(default_synthetic):
         assert entry["metadata"]["program_effects"] == list(PROGRAM_EFFECTS)
 
 
-def test_generation_is_fast(default_synthetic):
-    _, seconds = default_synthetic
-    assert seconds < 10  # < 3 s on an idle machine; slack for shared CI runners
-
-
 def test_deterministic():
     kw = {"n_slides": 2, "n_spots_per_side": 6, "n_genes": 20}
     a, b = stp.datasets.synthetic(**kw, seed=3), stp.datasets.synthetic(**kw, seed=3)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ._settings import settings
 
 try:
-    __version__ = version("stpredict")
+    __version__ = version("stpredict-he")  # the distribution name on PyPI
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 

@@ -25,6 +25,10 @@ class Settings:
     datasetdir
         Cache folder for downloaded datasets. Defaults to ``$STPREDICT_DATA_DIR`` or the
         platform cache (``pooch.os_cache("stpredict")``).
+    max_epochs
+        Upper limit on the epochs of every :func:`stpredict.tl.fit` (``None``: no limit). Defaults
+        to ``$STPREDICT_MAX_EPOCHS``; meant for smoke runs of scripts and documentation (CI
+        executes the README with ``STPREDICT_MAX_EPOCHS=1``), never for real training.
     datasets_url
         Base URL of a mirror laid out like the published data (``<url>/her2st/ST-cnts/C2.tsv.gz``).
         Defaults to ``$STPREDICT_DATASETS_URL``; ``None`` uses the public URLs.
@@ -36,6 +40,7 @@ class Settings:
         self.num_workers: int = 0
         self._datasetdir: Path | None = None
         self._datasets_url: str | None = None
+        self._max_epochs: int | None = None
         self._verbosity = 2
         self.verbosity = 2
 
@@ -77,6 +82,24 @@ class Settings:
     @datasets_url.setter
     def datasets_url(self, value: str | None) -> None:
         self._datasets_url = value
+
+    @property
+    def max_epochs(self) -> int | None:
+        """Cap on the epochs of every fit (``None``: none)."""
+        if self._max_epochs is not None:
+            return self._max_epochs
+        env = os.environ.get("STPREDICT_MAX_EPOCHS")
+        if not env:
+            return None
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"$STPREDICT_MAX_EPOCHS must be a positive integer, got {env!r}.")
+        return int(env)
+
+    @max_epochs.setter
+    def max_epochs(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"settings.max_epochs must be a positive integer or None, got {value!r}.")
+        self._max_epochs = value
 
     def __repr__(self) -> str:
         return (

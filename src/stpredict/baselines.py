@@ -390,14 +390,15 @@ def image_features(
     >>> image_features(patches).shape == (4, len(image_feature_names()))
     True
     """
-    from tqdm.auto import tqdm
+    from stpredict._progress import progress as progress_bar
 
     arr = _check_patches(patches)
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     n_feat = len(image_feature_names())
     out = np.empty((len(arr), n_feat), dtype=np.float32)
-    for start in tqdm(range(0, len(arr), batch_size), desc="image features", disable=not progress):
+    starts = range(0, len(arr), batch_size)
+    for start in progress_bar(starts, desc="image features", unit="batch", enabled=progress):
         out[start : start + batch_size] = _batch_features(arr[start : start + batch_size])
     return out
 

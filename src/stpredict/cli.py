@@ -12,7 +12,7 @@ from stpredict._logging import logger
 
 _DATASETS = ("synthetic", "her2st", "mouse_olfactory_bulb")
 _METHODS = ("cmrcnet", "bleep", "mclstexp")
-_PRESETS = ("paper", "cpu", "tiny")
+_PRESETS = ("auto", "paper", "cpu", "tiny")
 _SETS = ("heg", "hvg", "all")
 _BASELINE_KEY = "random_baseline"
 
@@ -281,7 +281,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="AnnData (.h5ad) or SpatialData (.zarr) with images and counts")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--method", choices=_METHODS, default="cmrcnet", help="default: %(default)s")
-    p.add_argument("--preset", choices=_PRESETS, default="paper", help="default: %(default)s (needs a GPU)")
+    p.add_argument(
+        "--preset", choices=_PRESETS, default="auto", help="default: %(default)s (paper on a GPU, else cpu)"
+    )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._logging import logger
+from ._progress import format_seconds
+from ._progress import progress as progress_bar
 from .retrieval import resolve_device
 
 __all__ = ["TrainResult", "train_module", "load_checkpoint"]
@@ -145,6 +146,21 @@ def _check_positive_int(value: Any, name: str) -> int:
     return value
 
 
+_ESTIMATE_AFTER_STEPS = 3
+
+
+def _log_estimate(seconds: float, steps: int, loader: Iterable, epochs: int) -> None:
+    """Log the time ``epochs`` epochs will take, extrapolated from the first ``steps`` steps."""
+    try:
+        per_epoch = seconds / steps * len(loader)  # type: ignore[arg-type]
+    except TypeError:  # a loader without len
+        return
+    logger.info(
+        f"training: about {format_seconds(per_epoch)} per epoch, {format_seconds(per_epoch * epochs)} "
+        f"for the {epochs} epoch(s) to run (estimated from the first {steps} steps, validation not counted)"
+    )
+
+
 def _run_epoch(
     module: nn.Module,
     loader: Iterable,
@@ -153,15 +169,23 @@ def _run_epoch(
     optimizer: torch.optim.Optimizer | None,
     desc: str,
     progress: bool,
+    estimate_epochs: int = 0,
 ) -> tuple[dict[str, float], int, float]:
-    """One pass over ``loader``; trains when an optimizer is given. Returns size-weighted means."""
+    """One pass over ``loader``; trains when an optimizer is given. Returns size-weighted means.
+
+    With ``estimate_epochs > 0``, logs after a few steps how long that many epochs will take.
+    """
     sums: dict[str, torch.Tensor] = {}
     n_seen = 0
     start = time.perf_counter()
     train = optimizer is not None
     module.train(train)
     with torch.set_grad_enabled(train):
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        for step, batch in enumerate(
+            progress_bar(loader, desc=desc, unit="batch", enabled=progress, inner=True)
+        ):
+            if estimate_epochs and step == _ESTIMATE_AFTER_STEPS:
+                _log_estimate(time.perf_counter() - start, step, loader, estimate_epochs)
             batch = _to_device(batch, device)
             n = _batch_len(batch)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -438,8 +462,8 @@ def train_module(
     )
 
     interrupted = False
-    epoch_bar = tqdm(
-        range(start_epoch, epochs), desc="epochs", total=epochs, initial=start_epoch, disable=not progress
+    epoch_bar = progress_bar(
+        range(start_epoch, epochs), desc="epochs", unit="epoch", total=epochs - start_epoch, enabled=progress
     )
     try:
         for epoch0 in epoch_bar:
@@ -468,7 +492,14 @@ def train_module(
                 )
             current_lr = float(opt.param_groups[0]["lr"])
             train_stats, n_images, train_seconds = _run_epoch(
-                module, loader, dev, autocast, opt, f"train {epoch}", progress
+                module,
+                loader,
+                dev,
+                autocast,
+                opt,
+                f"train {epoch}",
+                progress,
+                estimate_epochs=epochs - start_epoch if epoch0 == start_epoch else 0,
             )
             if not math.isfinite(train_stats["loss"]):
                 raise FloatingPointError(

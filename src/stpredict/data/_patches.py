@@ -138,7 +138,6 @@ def extract_image_patches(
     ``uint8`` ``(n, size, size, 3)``.
     """
     from PIL import Image
-    from tqdm.auto import tqdm
 
     patch_size_um = check_positive(patch_size_um, what="patch_size_um")
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
@@ -180,7 +179,9 @@ def extract_image_patches(
     else:
         bands = [np.arange(n)]
 
-    with tqdm(total=n, desc=desc or "patches", unit="patch", disable=not progress) as bar:
+    from stpredict._progress import progress as progress_bar
+
+    with progress_bar(total=n, desc=desc or "patches", unit="patch", enabled=progress) as bar:
         for band in bands:
             if image.is_lazy:
                 by0, by1 = max(int(iy0[band].min()), 0), min(int(iy1[band].max()), h)
@@ -197,7 +198,7 @@ def extract_image_patches(
                 fbox = (fx0[i] - box[0], fy0[i] - box[1], fx0[i] - box[0] + wx, fy0[i] - box[1] + wy)
                 pil = Image.fromarray(region).resize((size, size), filters[resample], box=fbox)
                 out[i] = np.asarray(pil)
-            bar.update(len(band))
+                bar.update()
     return out
 
 

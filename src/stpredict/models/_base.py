@@ -349,7 +349,7 @@ class STPredictModel:
         -------
         ``float32`` array ``(n, D)``.
         """
-        from tqdm.auto import tqdm
+        from stpredict._progress import progress as progress_bar
 
         patches = np.asarray(patches)
         size = self.patch["size"]
@@ -362,9 +362,8 @@ class STPredictModel:
         self.module.to(dev)
         out = np.empty((len(patches), self.embedding_dim), dtype=np.float32)
         with _eval_mode(self.module), torch.inference_mode():
-            for start in tqdm(
-                range(0, len(patches), batch_size), disable=not progress, desc="embedding images"
-            ):
+            starts = range(0, len(patches), batch_size)
+            for start in progress_bar(starts, desc="embedding images", unit="batch", enabled=progress):
                 chunk = _to_tensor(patches[start : start + batch_size], self.patch["mean"], self.patch["std"])
                 emb = self.module.encode_image(chunk.to(dev))
                 out[start : start + len(chunk)] = emb.float().cpu().numpy()

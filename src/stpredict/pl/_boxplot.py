@@ -57,7 +57,7 @@ def pcc_boxplot(
         ``hue``) columns: the output of :func:`stpredict.tl.evaluate` (``library_id``) or of
         :func:`stpredict.tl.cross_validate` (adds ``method`` and ``fold``), or several concatenated.
     x
-        Column whose values become the boxes. When ``"method"`` is not a column (one model's
+        Column whose values become the boxes; ``"gene_set"`` draws one panel with a box per set. When ``"method"`` is not a column (one model's
         ``evaluate`` output), the slides (``library_id``) are used.
     hue
         Optional column splitting each box by colour (e.g. ``"method"`` with ``x="library_id"``).
@@ -116,15 +116,18 @@ def pcc_boxplot(
         if unknown:
             raise KeyError(f"{_WHAT}: gene sets {unknown} not in `results`; available: {sets}.")
         sets = wanted
-    x_levels = _levels(results[x], order, x)
+    by_set = x == "gene_set"  # the sets are the boxes of a single panel
+    x_levels = _levels(results[x], order if order is not None or not by_set else sets, x)
+    panels = ["gene sets"] if by_set else sets
     hue_levels = _levels(results[hue], hue_order, hue) if hue is not None else [None]
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
 
-    fig, axes, given = make_axes(ax, len(sets), ncols=ncols, panel_size=panel_size, what=_WHAT)
+    fig, axes, given = make_axes(ax, len(panels), ncols=ncols, panel_size=panel_size, what=_WHAT)
     n_hue = len(hue_levels)
     width = 0.8 / n_hue
-    for axis, name in zip(axes, sets):
-        sub = results[results["gene_set"].astype(str) == name]
+    for axis, name in zip(axes, panels):
+        in_panel = results["gene_set"].astype(str)
+        sub = results[in_panel.isin(sets) if by_set else in_panel == name]
         for j, level in enumerate(hue_levels):
             data, positions = [], []
             for i, xv in enumerate(x_levels):

@@ -207,7 +207,9 @@ def _subset(adata: AnnData, mask: np.ndarray, library_key: str) -> AnnData:
         obs=obs,
         var=adata.var.copy(),
         obsm={key: value[mask] for key, value in adata.obsm.items()},
-        layers={key: value[mask] for key, value in adata.layers.items()},
+        layers={
+            key: adata.layers[key][mask] for key in adata.layers if key is not None
+        },  # 0.13: X is layers[None]
         uns=uns,
     )
 
@@ -395,8 +397,6 @@ def cross_validate(
     >>> res.summary  # doctest: +SKIP
     >>> print(res.to_markdown())  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     from stpredict import pp
     from stpredict.baselines import ImageFeatureKNN, ImageFeatureRidge, oracle_retrieval, random_retrieval
 
@@ -477,7 +477,11 @@ def cross_validate(
     tables: list[pd.DataFrame] = []
     timings: list[dict[str, Any]] = []
     models: dict[tuple[str, int], Any] = {}
-    for fold, held_out in enumerate(tqdm(folds, desc="cross-validation folds", disable=not progress)):
+    from stpredict._progress import progress as progress_bar
+
+    for fold, held_out in enumerate(
+        progress_bar(folds, desc="cross-validation folds", unit="fold", enabled=progress)
+    ):
         test_mask = np.isin(group_values, held_out)
         train = _subset(data, ~test_mask, library_key)
         test = _subset(data, test_mask, library_key)

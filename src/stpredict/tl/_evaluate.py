@@ -252,8 +252,9 @@ def evaluate(
         entry = table.uns.setdefault(target, {"written_by": WRITTEN_BY, "params": {}})
         entry["evaluation"] = evaluation
         logger.info(
-            f"evaluate: mean r per set {evaluation['mean']} over "
-            f"{summary_df['library_id'].nunique()} slide(s); "
+            "evaluate: mean r per set "
+            + ", ".join(f"{name} {value:.3f}" for name, value in evaluation["mean"].items())
+            + f" over {summary_df['library_id'].nunique()} slide(s); "
             f"summary written to uns[{target!r}]['evaluation']."
         )
     return result

@@ -81,6 +81,31 @@ def default_target_sum(counts) -> float:
     return float(np.median(totals))
 
 
+# Training images/s of the `paper` preset on 2 CPU cores (benchmarks/bench.py), for the warning below.
+_PAPER_CPU_IMAGES_PER_S = 3.0
+
+
+def resolve_preset(preset: str, device: str) -> str:
+    """``"auto"`` → ``"paper"`` on a GPU, ``"cpu"`` otherwise (logged); warns for ``"paper"`` on a CPU."""
+    if not isinstance(preset, str):
+        raise TypeError(f"fit: `preset` must be a string, got {type(preset).__name__}.")
+    on_gpu = not device.startswith("cpu")
+    if preset == "auto":
+        preset = "paper" if on_gpu else "cpu"
+        logger.info(f"fit: preset='auto' → {preset!r} (device {device})")
+    elif preset.startswith("paper") and not on_gpu:
+        logger.warning(
+            f"fit: preset={preset!r} on a CPU trains a ViT/ResNet at 224 px for 60+ epochs: at about "
+            f"{_PAPER_CPU_IMAGES_PER_S:.0f} images/s on 2 cores that is ~{_paper_hours(1000):.1f} h per "
+            "1,000 spots. preset='cpu' (or 'auto') is made for CPUs."
+        )
+    return preset
+
+
+def _paper_hours(n_spots: int, epochs: int = 60) -> float:
+    return n_spots * epochs / _PAPER_CPU_IMAGES_PER_S / 3600
+
+
 def _hyperparameters(cls) -> set[str]:
     """Keyword arguments of a module class (its hyper-parameters)."""
     import inspect
@@ -98,7 +123,7 @@ def fit(
     data: AnnData | SpatialData,
     *,
     method: str = "cmrcnet",
-    preset: str = "paper",
+    preset: str = "auto",
     genes: Sequence[str] | None = None,
     n_top_genes: int = 1000,
     epochs: int | None = None,
@@ -132,10 +157,11 @@ def fit(
     :func:`stpredict.train.train_module`; and store in the model a **reference bank** with the
     expression embeddings and normalised expression of *all* spots (training and validation).
 
-    **Presets.** ``preset="paper"`` (the default) uses the hyper-parameters published by the
-    method's authors: a ViT/ResNet backbone at 224 px, 100+ epochs: it needs a GPU.
-    On a CPU use ``preset="cpu"`` (a small backbone at a small image size, a few epochs: minutes
-    for a few thousand spots); ``preset="tiny"`` is for smoke tests. Every hyper-parameter can
+    **Presets.** ``preset="auto"`` (the default) is ``"paper"`` on a GPU and ``"cpu"`` otherwise
+    (the choice is logged). ``"paper"`` uses the hyper-parameters published by the method's
+    authors: a ViT/ResNet backbone at 224 px, 60+ epochs: it needs a GPU (on a CPU a warning says
+    how long it would take). ``"cpu"`` is a small backbone at a small image size for a few
+    minutes on a laptop; ``"tiny"`` is for smoke tests. Every hyper-parameter can
     be overridden: the training ones by keyword (``epochs``, ``batch_size``, ``lr``, ...), the
     network's through ``**model_kwargs`` (keys of ``METHODS[method].default_config(preset)``).
 
@@ -148,7 +174,7 @@ def fit(
     method
         ``"cmrcnet"`` (default), ``"bleep"`` or ``"mclstexp"``.
     preset
-        ``"paper"``, ``"cpu"`` or ``"tiny"`` (see above).
+        ``"auto"``, ``"paper"``, ``"cpu"`` or ``"tiny"`` (see above).
     genes
         Genes to predict; default: the union over slides of each slide's top ``n_top_genes``
         highly variable genes, restricted to genes detected in every slide.
@@ -219,6 +245,8 @@ def fit(
     if method not in METHODS:
         raise ValueError(f"fit: `method` must be one of {sorted(METHODS)}, got {method!r}.")
     cls = METHODS[method]
+    dev = resolve_device(device)
+    preset = resolve_preset(preset, dev)
     config = cls.default_config(preset)  # raises on an unknown preset
     allowed = _hyperparameters(cls) | set(config)
     unknown = sorted(set(model_kwargs) - allowed)
@@ -254,7 +282,6 @@ def fit(
         config["pretrained"] = True
     if weights_path is not None:
         config["weights_path"] = str(weights_path)
-    dev = resolve_device(device)
 
     # ---- spots, genes, expression
     sd = SpotData.from_object(
@@ -286,6 +313,9 @@ def fit(
     module = cls(len(gene_list), **config)
     defaults = module.training_defaults
     epochs = epochs or int(defaults["epochs"])
+    if settings.max_epochs is not None and epochs > settings.max_epochs:
+        logger.warning(f"fit: {epochs} epochs capped to stp.settings.max_epochs={settings.max_epochs}")
+        epochs = settings.max_epochs
     batch_size = batch_size or int(defaults["batch_size"])
     lr = lr if lr is not None else float(defaults["lr"])
     weight_decay = weight_decay if weight_decay is not None else float(defaults["weight_decay"])

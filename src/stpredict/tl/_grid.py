@@ -157,14 +157,26 @@ def _um_per_px(scalefactors: Mapping, microns_per_pixel: float | None, spot_diam
     )
 
 
-def _sources_anndata(adata: AnnData, library_id, image_key, microns_per_pixel, spot_diameter_um):
+def _slides_of_spots(adata: AnnData, spatial: Mapping, library_key: str) -> list:
+    """The libraries of ``adata``'s spots (a subset keeps every slide's images); all without spots."""
+    if adata.n_obs and library_key in adata.obs:
+        present = set(adata.obs[library_key].astype(str))
+        libs = [lib for lib in spatial if str(lib) in present]
+        if libs:
+            return libs
+    return list(spatial)
+
+
+def _sources_anndata(
+    adata: AnnData, library_id, image_key, microns_per_pixel, spot_diameter_um, library_key: str = "library_id"
+):
     spatial = adata.uns.get("spatial")
     if not isinstance(spatial, Mapping) or not spatial:
         raise KeyError(
             "grid_spots: the AnnData has no images: expected adata.uns['spatial'][library_id]['images'] "
             "(the scanpy/squidpy Visium convention)."
         )
-    libs = list(spatial) if library_id is None else [library_id]
+    libs = [library_id] if library_id is not None else _slides_of_spots(adata, spatial, library_key)
     out = []
     for lib in libs:
         if lib not in spatial:
@@ -261,7 +273,8 @@ def grid_spots(
     spacing_um
         Centre-to-centre distance of neighbouring pseudo-spots (µm), along both axes.
     library_id
-        AnnData: the slide to cover (default: every slide in ``uns["spatial"]``). SpatialData / array:
+        AnnData: the slide to cover (default: the slides of its spots' ``obs[library_key]``;
+        every slide in ``uns["spatial"]`` when it has no spots). SpatialData / array:
         the library id given to the slide (default: the image element's name without ``"_image"``,
         or ``"image"``).
     image_key
@@ -306,7 +319,9 @@ def grid_spots(
         raise TypeError(f"grid_spots: `library_key` must be a non-empty string, got {library_key!r}.")
 
     if isinstance(data, ad.AnnData):
-        sources = _sources_anndata(data, library_id, image_key, microns_per_pixel, spot_diameter_um)
+        sources = _sources_anndata(
+            data, library_id, image_key, microns_per_pixel, spot_diameter_um, library_key
+        )
     elif is_spatialdata(data):
         sources = _sources_spatialdata(data, library_id, image_key, microns_per_pixel)
     elif isinstance(data, np.ndarray) or hasattr(data, "__array__"):

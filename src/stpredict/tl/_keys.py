@@ -67,7 +67,7 @@ def _to_frame(value: Any, adata: AnnData, *, what: str, columns: pd.Index | None
                 "expected a DataFrame with genes as columns."
             )
         df = pd.DataFrame(arr, index=adata.obs_names, columns=columns)
-    return df.astype(np.float64, copy=False)
+    return df.astype(np.float64)
 
 
 def get_prediction(data: Any, key: str = "stpredict") -> tuple[pd.DataFrame, pd.DataFrame | None]:

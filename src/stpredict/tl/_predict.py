@@ -331,6 +331,9 @@ def _as_anndata(table, sd, pred, truth, key, entry) -> AnnData:
     import anndata as ad
 
     obs = table.obs.loc[pred.index].copy() if table is not None else pd.DataFrame(index=pred.index)
+    for col in obs.columns:  # a subset keeps every slide's categories; plots then see "several libraries"
+        if isinstance(obs[col].dtype, pd.CategoricalDtype):
+            obs[col] = obs[col].cat.remove_unused_categories()
     out = ad.AnnData(X=pred.to_numpy(dtype=np.float32), obs=obs, var=pd.DataFrame(index=pred.columns.copy()))
     if truth is not None:
         out.layers["truth"] = truth.to_numpy(dtype=np.float32)
@@ -340,9 +343,16 @@ def _as_anndata(table, sd, pred, truth, key, entry) -> AnnData:
     else:
         out.obsm["spatial"] = np.asarray(sd.centers, dtype=np.float64).copy()
     if "spatial" in table.uns:
-        out.uns["spatial"] = table.uns["spatial"]
+        out.uns["spatial"] = own_libraries(table.uns["spatial"], sd.libraries)
     out.uns[key] = dict(entry, params=dict(entry["params"], copy=True))
     return out
+
+
+def own_libraries(spatial: dict, libraries) -> dict:
+    """``uns["spatial"]`` restricted to ``libraries`` (all of it when none of them is a key)."""
+    keep = {str(lib) for lib in libraries}
+    own = {lib: entry for lib, entry in spatial.items() if str(lib) in keep}
+    return own or dict(spatial)
 
 
 def _add_table(sdata, table, out, key: str, libs: str) -> None:
