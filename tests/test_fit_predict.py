@@ -240,9 +240,14 @@ def test_grid_prediction(slides, model):
     assert out.uns["stpredict"]["params"]["grid_spacing_um"] == 150.0
     assert out.uns["stpredict"]["params"]["copy"] is True
     assert "stpredict" not in images_only.uns  # nothing written into the input
-    # also on a sequenced slide: its spots are ignored
+    # also on a sequenced slide: its spots are ignored, and only its own slide is covered
+    # (a subset of a multi-slide AnnData keeps every slide's images in uns["spatial"])
+    lib = str(test.obs["library_id"].iloc[0])
+    assert len(test.uns["spatial"]) > 1
     out2 = stp.tl.predict(test, model, k=5, grid_spacing_um=150.0, progress=False)
-    assert out2.n_obs == grid.n_obs
+    assert out2.n_obs == stp.tl._grid.grid_spots(images_only, spacing_um=150.0, library_id=lib).n_obs
+    assert set(out2.obs["library_id"].astype(str)) == {lib}
+    assert list(out2.uns["spatial"]) == [lib]
     assert "stpredict" not in test.obsm
 
 

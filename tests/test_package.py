@@ -84,7 +84,7 @@ def test_light_subpackage_import(name):
 
 def test_version():
     assert isinstance(stp.__version__, str)
-    assert stp.__version__ == version("stpredict")
+    assert stp.__version__ == version("stpredict-he")  # the PyPI distribution name
     assert re.fullmatch(r"\d+\.\d+\.\d+([.+-].*)?", stp.__version__), stp.__version__
     pyproject = (REPO / "pyproject.toml").read_text()
     declared = re.search(r'^version = "([^"]+)"', pyproject, flags=re.M).group(1)

@@ -98,6 +98,15 @@ def is_spatialdata(data: Any) -> bool:
     )
 
 
+def written_by_stpredict(table: Any) -> bool:
+    """Whether a table is a result stpredict wrote (``uns[key]["written_by"] == "stpredict"``)."""
+    uns = getattr(table, "uns", {})
+    return any(
+        isinstance(v, dict) and v.get("written_by") == "stpredict" and v.get("params", {}).get("copy")
+        for v in uns.values()
+    )
+
+
 def spatialdata_table(sdata: Any, table_key: str | None, *, what: str = "sdata") -> tuple[str, Any]:
     """The table of ``sdata`` annotating the spots: ``table_key``, or the only one there is.
 
@@ -105,12 +114,15 @@ def spatialdata_table(sdata: Any, table_key: str | None, *, what: str = "sdata")
     """
     tables = sdata.tables
     if table_key is None:
-        if len(tables) != 1:
+        inputs = [key for key in tables if not written_by_stpredict(tables[key])]
+        if len(inputs) != 1:
+            ours = [key for key in tables if key not in inputs]
             raise ValueError(
-                f"{what} has {len(tables)} tables {list(tables)}; pass `table_key=` naming the one "
-                "annotating the spots."
+                f"{what} has {len(inputs)} input tables {inputs}"
+                + (f" (besides stpredict's results {ours})" if ours else "")
+                + "; pass `table_key=` naming the one annotating the spots."
             )
-        table_key = next(iter(tables))
+        table_key = inputs[0]
     elif table_key not in tables:
         raise KeyError(f"{what}.tables has no table {table_key!r}; available: {list(tables)}.")
     return table_key, tables[table_key]

@@ -27,15 +27,19 @@ def read(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder.")
-    if _is_zarr(path):
-        import spatialdata
-
-        return spatialdata.read_zarr(path)
-    if path.suffix != ".h5ad":
+    if not _is_zarr(path) and path.suffix != ".h5ad":
         raise ValueError(f"{path}: expected an .h5ad file (AnnData) or a .zarr store (SpatialData).")
-    import anndata as ad
+    try:
+        if _is_zarr(path):
+            import spatialdata
 
-    return ad.read_h5ad(path)
+            return spatialdata.read_zarr(path)
+        import anndata as ad
+
+        return ad.read_h5ad(path)
+    except Exception as err:
+        what = "SpatialData .zarr store" if _is_zarr(path) else "AnnData .h5ad file"
+        raise ValueError(f"{path}: could not be read as an {what} ({type(err).__name__}: {err}).") from err
 
 
 def write(data: Any, path: str | Path) -> Path:
@@ -90,7 +94,25 @@ def _summary(res) -> dict[str, float]:
     return per_slide.groupby(level="gene_set").mean().to_dict()
 
 
-def _plot_maps(test, res, out: Path) -> Path:
+def _split_last_slide(adata, dataset: str):
+    """Train on every slide but the last; each part keeps only its own slides' images."""
+    from stpredict.tl._predict import own_libraries
+
+    libs = list(adata.obs["library_id"].astype("category").cat.categories)
+    if len(libs) < 2:
+        raise ValueError(f"demo: dataset {dataset!r} has {len(libs)} slide(s); need 2 (train + held-out).")
+    held_out = libs[-1]
+    parts = []
+    for mask in (adata.obs["library_id"] != held_out, adata.obs["library_id"] == held_out):
+        part = adata[mask.to_numpy()].copy()
+        part.obs["library_id"] = part.obs["library_id"].cat.remove_unused_categories()
+        part.uns["spatial"] = own_libraries(part.uns.get("spatial", {}), part.obs["library_id"].unique())
+        parts.append(part)
+    return parts[0], parts[1], libs[:-1], held_out
+
+
+def _demo_figures(test, model, res, out: Path) -> dict[str, Path]:
+    """Expression maps of the three best-predicted HVGs, the training history, per-gene boxplots."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -98,9 +120,23 @@ def _plot_maps(test, res, out: Path) -> Path:
 
     hvg = res[res["gene_set"] == "hvg"].sort_values("pearson_r", ascending=False)["gene"].tolist()
     genes = list(dict.fromkeys(hvg))[:3] or list(test.obsm["stpredict"].columns[:3])
-    path = out / "expression_map.png"
-    stp.pl.expression_map(test, genes, show=False, save=path)
-    return path
+    paths = {
+        "expression map": out / "expression_map.png",
+        "training history": out / "training_history.png",
+        "per-gene r": out / "pcc_boxplot.png",
+    }
+    stp.pl.expression_map(test, genes, show=False, save=paths["expression map"])
+    stp.pl.training_history(model, show=False, save=paths["training history"])
+    stp.pl.pcc_boxplot(res, x="gene_set", show=False, save=paths["per-gene r"])
+    return paths
+
+
+def _print_scores(ours: dict, floor: dict, *, method: str, held_out: str, k: int, n_genes: int, n_model: int):
+    print(f"\nPer-gene Pearson r on held-out slide {held_out} (mean over genes; k={k}):")
+    print(f"  {'gene set':<12}{method:>12}{'random':>12}")
+    for name in _SETS:
+        label = f"top-{n_genes} {name.upper()}" if name != "all" else f"all {n_model}"
+        print(f"  {label:<12}{ours.get(name, float('nan')):>12.3f}{floor.get(name, float('nan')):>12.3f}")
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -111,29 +147,14 @@ def demo(args: argparse.Namespace) -> int:
     import stpredict as stp
 
     out = Path(args.out)
+    _check_output_folder(out, overwrite=True, what="--out")
     progress = not args.no_progress
-    adata = _load_dataset(args.dataset, args.seed, progress)
-    libs = list(adata.obs["library_id"].astype("category").cat.categories)
-    if len(libs) < 2:
-        raise ValueError(
-            f"demo: dataset {args.dataset!r} has {len(libs)} slide(s); need 2 (train + held-out)."
-        )
-    held_out = libs[-1]
-    train = adata[adata.obs["library_id"] != held_out].copy()
-    test = adata[adata.obs["library_id"] == held_out].copy()
-    del adata
-    print(f"stpredict demo: {args.dataset}, training on {', '.join(libs[:-1])}, predicting {held_out}")
-
-    kwargs = {} if args.epochs is None else {"epochs": args.epochs}
-    model = stp.tl.fit(
-        train,
-        method=args.method,
-        preset=args.preset,
-        device=args.device,
-        seed=args.seed,
-        progress=progress,
-        **kwargs,
+    train, test, trained_on, held_out = _split_last_slide(
+        _load_dataset(args.dataset, args.seed, progress), args.dataset
     )
+    print(f"stpredict demo: {args.dataset}, training on {', '.join(trained_on)}, predicting {held_out}")
+
+    model = stp.tl.fit(train, **_fit_options(args), progress=progress)
     k = int(model.retrieval.get("k", 50)) if args.k is None else args.k
     stp.tl.predict(test, model, k=k, device=args.device, progress=progress)
     res = stp.tl.evaluate(test, genes=_SETS)
@@ -141,58 +162,79 @@ def demo(args: argparse.Namespace) -> int:
     base = stp.tl.evaluate(test, key=_BASELINE_KEY, genes=_SETS)
 
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = model.save(out / "model", overwrite=True)
-    pred_path = write(test, out / "prediction.h5ad")
-    map_path = _plot_maps(test, res, out)
+    written = {
+        "model": model.save(out / "model", overwrite=True),
+        "predictions": write(test, out / "prediction.h5ad"),
+    }
+    written.update(_demo_figures(test, model, res, out))
     res.to_csv(out / "evaluation.csv", index=False)
+    written["per-gene table"] = out / "evaluation.csv"
 
-    ours, floor = _summary(res), _summary(base)
-    n_genes = (
-        test.uns["stpredict"]["evaluation"].get("n_genes", 50)
-        if "evaluation" in test.uns["stpredict"]
-        else 50
+    n_genes = test.uns["stpredict"].get("evaluation", {}).get("n_genes", 50)
+    _print_scores(
+        _summary(res),
+        _summary(base),
+        method=args.method,
+        held_out=held_out,
+        k=k,
+        n_genes=n_genes,
+        n_model=len(model.genes),
     )
-    print(f"\nPer-gene Pearson r on held-out slide {held_out} (mean over genes; k={k}):")
-    print(f"  {'gene set':<12}{args.method:>12}{'random':>12}")
-    for name in _SETS:
-        label = f"top-{n_genes} {name.upper()}" if name != "all" else f"all {len(model.genes)}"
-        print(f"  {label:<12}{ours.get(name, float('nan')):>12.3f}{floor.get(name, float('nan')):>12.3f}")
     print("\nWritten:")
-    for what, path in (
-        ("predictions", pred_path),
-        ("model", model_dir),
-        ("expression map", map_path),
-        ("per-gene table", out / "evaluation.csv"),
-    ):
-        print(f"  {what:<15}{path}")
+    for what, path in written.items():
+        print(f"  {what:<17}{path}")
     return 0
 
 
 # ----------------------------------------------------------------------------- fit / predict / evaluate
+# fit options that the `demo` and `fit` commands share, as {attribute: fit keyword}
+_FIT_FLAGS = {
+    "method": "method",
+    "preset": "preset",
+    "epochs": "epochs",
+    "device": "device",
+    "seed": "seed",
+    "patch_size_um": "patch_size_um",
+    "pretrained": "pretrained",
+    "weights_path": "weights_path",
+}
+_FIT_ONLY_FLAGS = ("batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction")
+
+
+def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of :func:`stpredict.tl.fit` from the parsed flags (unset flags are left out)."""
+    names = {**_FIT_FLAGS, **{name: name for name in _FIT_ONLY_FLAGS}}
+    options = {kw: getattr(args, attr) for attr, kw in names.items() if getattr(args, attr, None) is not None}
+    if not options.get("pretrained"):
+        options.pop("pretrained", None)
+    return options
+
+
+def _check_output_folder(path: Path, *, overwrite: bool, what: str) -> None:
+    """Refuse, before any work, an output that exists and may not be replaced."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{what} {path}: exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{what} {path}: folder exists and is not empty; add --overwrite to replace it."
+        )
+
+
 def fit(args: argparse.Namespace) -> int:
     """``stpredict fit DATA --out MODEL_DIR``."""
     import stpredict as stp
 
+    out = Path(args.out)
+    _check_output_folder(out, overwrite=args.overwrite, what="--out")
     data = read(args.data)
-    kwargs = {
-        name: getattr(args, name)
-        for name in ("epochs", "batch_size", "lr", "checkpoint_dir", "table_key", "layer")
-        if getattr(args, name) is not None
-    }
     model = stp.tl.fit(
         data,
-        method=args.method,
-        preset=args.preset,
-        n_top_genes=args.n_top_genes,
-        val_fraction=args.val_fraction,
-        device=args.device,
-        seed=args.seed,
+        **_fit_options(args),
         resume=args.resume,
         library_key=args.library_key,
         progress=not args.no_progress,
-        **kwargs,
     )
-    path = model.save(args.out, overwrite=args.overwrite)
+    path = model.save(out, overwrite=args.overwrite)
     print(f"model written to {path}")
     return 0
 
@@ -254,12 +296,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Predict spatially resolved gene expression from H&E histology.",
     )
     parser.add_argument("--version", action="version", version=f"stpredict {stpredict.__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and results")
+    quiet_help = "only print warnings and results"
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="auto", help="torch device, or 'auto' (default: %(default)s)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    def common(p: argparse.ArgumentParser, *, device: bool = True) -> None:
+        if device:
+            p.add_argument("--device", default="auto", help="torch device, or 'auto' (default: %(default)s)")
+            p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
+
+    def model_options(p: argparse.ArgumentParser, *, preset: str) -> None:
+        p.add_argument("--method", choices=_METHODS, default="cmrcnet", help="default: %(default)s")
+        p.add_argument(
+            "--preset",
+            choices=_PRESETS,
+            default=preset,
+            help="default: %(default)s ('auto': paper on a GPU, else cpu)",
+        )
+        p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+        p.add_argument("--patch-size-um", type=float, default=None, help="patch side in µm (default: 112)")
+        p.add_argument(
+            "--pretrained", action="store_true", help="start the backbone from timm's weights (download)"
+        )
+        p.add_argument(
+            "--weights-path", default=None, help="start the backbone from a local .safetensors file"
+        )
 
     p = sub.add_parser(
         "demo",
@@ -269,9 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=_DATASETS, default="synthetic", help="default: %(default)s (offline)")
     p.add_argument("--out", default="stpredict-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--method", choices=_METHODS, default="cmrcnet", help="default: %(default)s")
-    p.add_argument("--preset", choices=_PRESETS, default="cpu", help="default: %(default)s")
-    p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    model_options(p, preset="auto")
     p.add_argument("--k", type=int, default=None, help="spots retrieved per query (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     common(p)
@@ -280,11 +340,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a model on DATA (.h5ad or .zarr) and save it")
     p.add_argument("data", help="AnnData (.h5ad) or SpatialData (.zarr) with images and counts")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--method", choices=_METHODS, default="cmrcnet", help="default: %(default)s")
-    p.add_argument(
-        "--preset", choices=_PRESETS, default="auto", help="default: %(default)s (paper on a GPU, else cpu)"
-    )
-    p.add_argument("--epochs", type=int, default=None)
+    model_options(p, preset="auto")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--n-top-genes", type=int, default=1000, help="HVGs per slide (default: %(default)s)")
@@ -319,8 +375,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--genes", nargs="+", choices=_SETS, default=list(_SETS), help="gene sets")
     p.add_argument("--n-genes", type=int, default=50, help="size of the HEG/HVG sets (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the per-gene table to this CSV")
+    common(p, device=False)
     p.set_defaults(func=evaluate)
     return parser
+
+
+_PYTHON_NAMES = {
+    "stp.tl.fit": "stpredict fit",
+    "stp.tl.predict": "stpredict predict",
+    "stp.tl.evaluate": "stpredict evaluate",
+    "overwrite=True": "--overwrite",
+}
+
+
+def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """Say ``--table-key`` where a library message says ``table_key=`` or `` `table_key` ``."""
+    import re
+
+    dests = {
+        action.dest
+        for sub in parser._subparsers._group_actions
+        for p in sub.choices.values()
+        for action in p._actions
+        if action.option_strings
+    }
+    for python, cli in _PYTHON_NAMES.items():
+        message = message.replace(python, cli)
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return f"--{name.replace('_', '-')}" if name in dests else match.group(0)
+
+    return re.sub(r"`([a-z_]+)(?:=`|`|=)", flag, message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,8 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"stpredict {args.command}: error: {msg}", file=sys.stderr)
+        msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        print(f"stpredict {args.command}: error: {_as_flags(msg, parser)}", file=sys.stderr)
         return 1
     finally:  # main() is also called in-process: leave the caller's settings as they were
         stp.settings.verbosity = verbosity

@@ -57,7 +57,8 @@ def pcc_boxplot(
         ``hue``) columns: the output of :func:`stpredict.tl.evaluate` (``library_id``) or of
         :func:`stpredict.tl.cross_validate` (adds ``method`` and ``fold``), or several concatenated.
     x
-        Column whose values become the boxes; ``"gene_set"`` draws one panel with a box per set. When ``"method"`` is not a column (one model's
+        Column whose values become the boxes; ``"gene_set"`` draws one panel with a box per set.
+        When ``"method"`` is not a column (one model's
         ``evaluate`` output), the slides (``library_id``) are used.
     hue
         Optional column splitting each box by colour (e.g. ``"method"`` with ``x="library_id"``).

@@ -65,11 +65,45 @@ def _spot_diameter(xy: np.ndarray, spot_size: float | None, scalefactors: dict) 
     return float(np.median(dist[:, 1])) * 0.9  # near-touching circles when the size is unknown
 
 
+def _dpi() -> float:
+    """The resolution figures are saved at (``savefig.dpi``, or ``figure.dpi`` when that says "figure")."""
+    import matplotlib as mpl
+
+    dpi = mpl.rcParams["savefig.dpi"]
+    return float(mpl.rcParams["figure.dpi"] if dpi == "figure" else dpi)
+
+
+def _image_for_panel(image: np.ndarray | None, bounds, panel_px: float) -> tuple[np.ndarray, tuple] | None:
+    """The part of ``image`` inside ``bounds``, resampled to about twice the panel's pixel size.
+
+    Returns the pixels and their ``imshow`` extent in image coordinates: a full-resolution
+    H&E image of 10,000 px a side is cut and shrunk once instead of drawn whole in every panel.
+    """
+    if image is None:
+        return None
+    from PIL import Image
+
+    (x0, x1), (y0, y1) = bounds
+    h, w = image.shape[:2]
+    c0, c1 = max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), w)
+    r0, r1 = max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), h)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    crop = np.asarray(image[r0:r1, c0:c1])
+    if crop.dtype != np.uint8:
+        crop = (np.clip(np.asarray(crop, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+    factor = max(crop.shape[:2]) / max(2.0 * panel_px, 1.0)
+    if factor > 1:
+        size = (max(1, round(crop.shape[1] / factor)), max(1, round(crop.shape[0] / factor)))
+        crop = np.asarray(Image.fromarray(crop[..., :3]).resize(size, Image.Resampling.BOX))
+    return crop, (c0, c1, r1, r0)
+
+
 def _draw(ax, values, xy_img, diameter_img, norm, cmap, image, bounds):
     from matplotlib.collections import EllipseCollection
 
     if image is not None:
-        ax.imshow(image, origin="upper")
+        ax.imshow(image[0], origin="upper", extent=image[1])
     coll = EllipseCollection(
         widths=np.full(len(xy_img), diameter_img),
         heights=np.full(len(xy_img), diameter_img),
@@ -184,6 +218,7 @@ def expression_map(
     pad = diameter
     bounds = ((xy[:, 0].min() - pad, xy[:, 0].max() + pad), (xy[:, 1].min() - pad, xy[:, 1].max() + pad))
 
+    image = _image_for_panel(image, bounds, max(panel_size) * _dpi())
     p_sel = pred.loc[mask, genes].to_numpy()
     t_sel = truth.loc[mask, genes].to_numpy() if truth is not None else None
     r = pearson_per_gene(t_sel, p_sel, nan_to=None) if t_sel is not None else None

@@ -168,7 +168,12 @@ def _slides_of_spots(adata: AnnData, spatial: Mapping, library_key: str) -> list
 
 
 def _sources_anndata(
-    adata: AnnData, library_id, image_key, microns_per_pixel, spot_diameter_um, library_key: str = "library_id"
+    adata: AnnData,
+    library_id,
+    image_key,
+    microns_per_pixel,
+    spot_diameter_um,
+    library_key: str = "library_id",
 ):
     spatial = adata.uns.get("spatial")
     if not isinstance(spatial, Mapping) or not spatial:

@@ -198,31 +198,14 @@ def predict(
     from stpredict.pp import normalize_matrix
     from stpredict.retrieval import retrieve
 
-    # ---- validate everything before computing or writing anything
-    model = _resolve_model(model)
-    if model.bank is None:
-        raise ValueError("predict: the model has no reference bank; fit it with `stp.tl.fit`.")
+    # ---- validate the input and the arguments before loading the model or computing anything
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"predict: `key_added` must be a non-empty string, got {key_added!r}.")
-    n_bank = len(model.bank["expression"])
-    if k is None:
-        k = int(model.retrieval.get("k", 50))
-        if k > n_bank:
-            logger.warning(
-                f"predict: the model's k={k} exceeds its bank of {n_bank} spots; using k={n_bank}."
-            )
-            k = n_bank
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"predict: `k` must be a positive integer, got {k!r}.")
-    if k > n_bank:
-        raise ValueError(f"predict: k={k} is larger than the model's reference bank ({n_bank} spots).")
-    weighting = model.retrieval.get("weighting", "mean") if weighting is None else weighting
-    if weighting not in _WEIGHTINGS:
-        raise ValueError(f"predict: `weighting` must be one of {_WEIGHTINGS}, got {weighting!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"predict: `batch_size` must be a positive integer, got {batch_size!r}.")
+    if weighting is not None and weighting not in _WEIGHTINGS:
+        raise ValueError(f"predict: `weighting` must be one of {_WEIGHTINGS}, got {weighting!r}.")
     dev = resolve_device(device)
-
     grid = grid_spacing_um is not None
     if grid:
         from ._grid import grid_spots
@@ -243,6 +226,9 @@ def predict(
         check_key_writable(table, key_added, overwrite=overwrite)
     sd = SpotData.from_object(data, library_key=library_key, table_key=table_key)
     obs_names = pd.Index(sd.obs_names)
+
+    model = _resolve_model(model)
+    k, weighting = _retrieval_settings(model, k, weighting)
 
     # ---- truth: the model genes' counts, normalised like the bank
     truth = None
@@ -307,6 +293,25 @@ def predict(
         + f", uns[{key_added!r}]"
     )
     return None
+
+
+def _retrieval_settings(model, k, weighting) -> tuple[int, str]:
+    """``k`` and ``weighting`` checked against the model (``None``: the model's own)."""
+    if model.bank is None:
+        raise ValueError("predict: the model has no reference bank; fit it with `stp.tl.fit`.")
+    n_bank = len(model.bank["expression"])
+    if k is None:
+        k = int(model.retrieval.get("k", 50))
+        if k > n_bank:
+            logger.warning(
+                f"predict: the model's k={k} exceeds its bank of {n_bank} spots; using k={n_bank}."
+            )
+            k = n_bank
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"predict: `k` must be a positive integer, got {k!r}.")
+    if k > n_bank:
+        raise ValueError(f"predict: k={k} is larger than the model's reference bank ({n_bank} spots).")
+    return int(k), model.retrieval.get("weighting", "mean") if weighting is None else weighting
 
 
 def _write(adata: AnnData, pred: pd.DataFrame, truth: pd.DataFrame | None, key: str, entry: dict) -> None:
