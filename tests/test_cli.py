@@ -74,7 +74,8 @@ def test_demo_end_to_end(tmp_path, capsys):
         ]
     )
     assert code == 0
-    for name in ("prediction.h5ad", "expression_map.png", "evaluation.csv", "model/config.json"):
+    names = ("prediction.h5ad", "expression_map.png", "training_history.png", "pcc_boxplot.png")
+    for name in (*names, "evaluation.csv", "model/config.json"):
         assert (out / name).is_file(), name
     printed = capsys.readouterr().out
     assert "random" in printed

@@ -57,7 +57,11 @@ def write(data: Any, path: str | Path) -> Path:
             raise ValueError(
                 f"{path}: a SpatialData result is written as .zarr (got {path.suffix or 'no suffix'})."
             )
-        data.write(path, overwrite=True)
+        import warnings
+
+        with warnings.catch_warnings():  # zarr repeats this for every array it writes
+            warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
+            data.write(path, overwrite=True)
     logger.info(f"wrote {path}")
     return path
 
