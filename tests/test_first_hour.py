@@ -160,7 +160,8 @@ def test_expression_map_shrinks_a_large_image(slides, model):
     drawn = [im.get_array().shape for ax in fig.axes for im in ax.get_images()]
     plt.close(fig)
     limit = 2 * 2.0 * float(matplotlib.rcParams["figure.dpi"]) + 2
-    assert drawn and all(max(shape[:2]) <= limit for shape in drawn), (drawn, big.shape)
+    assert drawn
+    assert all(max(shape[:2]) <= limit for shape in drawn), (drawn, big.shape)
 
 
 # -- 7. the documented workflow's dependencies ----------------------------------------------------
@@ -197,7 +198,8 @@ def test_cli_errors_name_flags(slides, tmp_path, capsys):
     code = main(["predict", str(path), "--model", str(model_dir), "--out", str(tmp_path / "o.zarr")])
     err = capsys.readouterr().err
     assert code == 1
-    assert "--table-key" in err and "table_key" not in err
+    assert "--table-key" in err
+    assert "table_key" not in err
 
 
 def test_fit_refuses_a_full_output_before_reading(tmp_path, capsys):
@@ -207,7 +209,8 @@ def test_fit_refuses_a_full_output_before_reading(tmp_path, capsys):
     code = main(["fit", str(tmp_path / "data-not-read.h5ad"), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1
-    assert "--overwrite" in err and "not empty" in err
+    assert "--overwrite" in err
+    assert "not empty" in err
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -217,7 +220,9 @@ def test_fit_cli_has_backbone_flags():
     args = _parser().parse_args(
         ["fit", "x.h5ad", "--out", "m", "--weights-path", "w.safetensors", "--patch-size-um", "100"]
     )
-    assert args.weights_path == "w.safetensors" and args.patch_size_um == 100.0 and not args.pretrained
+    assert args.weights_path == "w.safetensors"
+    assert args.patch_size_um == 100.0
+    assert not args.pretrained
 
 
 def test_corrupt_h5ad_is_a_one_line_error(tmp_path, capsys):
@@ -258,4 +263,5 @@ def test_design_page_names_real_weightings():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
     named = set(re.findall(r'"(mean|inverse_[a-z0-9_]+|softmax|similarity|distance[a-z_]*)"', text))
-    assert named and named <= set(_WEIGHTINGS), named - set(_WEIGHTINGS)
+    assert named
+    assert named <= set(_WEIGHTINGS), named - set(_WEIGHTINGS)

@@ -230,16 +230,22 @@ def test_module_input_validation():
         BLEEP(0, **BLEEP.default_config("tiny"))
 
 
-def test_encoder_outputs_tokens_for_vit_and_pooled_for_cnn():
+def test_encoder_outputs_tokens_for_vit_and_cnn():
     vit = build_image_encoder(
         "vit_tiny_patch16_224", image_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2
     )
-    assert vit.returns_tokens
+    assert vit.is_vit
     assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, 17, 16)
     cnn = build_image_encoder("resnet18", image_size=32, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
-    out = cnn(torch.zeros(2, 3, 32, 32))
-    assert not cnn.returns_tokens
-    assert out.shape == (2, cnn.out_dim)
+    x = torch.randn(2, 3, 32, 32)
+    out = cnn(x)
+    assert not cnn.is_vit
+    assert out.shape == (2, 1 + 1 * 1, cnn.out_dim)  # pooled token + the 1 × 1 map at 32 px
+    cnn.eval()
+    # the mean over the tokens is timm's own global average pool
+    torch.testing.assert_close(cnn(x).mean(dim=1), cnn.model(x), rtol=1e-5, atol=1e-6)
+    big = cnn(torch.zeros(1, 3, 224, 224))
+    assert big.shape[1] == 50  # 7 × 7 + pooled: the token count of CMRCNet's ViT-B/32
     with pytest.raises(ValueError, match="not a timm model"):
         build_image_encoder("no_such_net")
 

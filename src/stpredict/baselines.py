@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from stpredict._logging import logger
+from stpredict.data._stain import UNMIX, rgb_to_od
 
 if TYPE_CHECKING:  # pragma: no cover
     from stpredict.models import STPredictModel
@@ -33,10 +34,6 @@ __all__ = [
     "ImageFeatureRidge",
 ]
 
-# Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB (rows).
-_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_STAINS = _STAINS / np.linalg.norm(_STAINS, axis=1, keepdims=True)
-_UNMIX = np.linalg.inv(_STAINS).astype(np.float32)  # OD (rgb) @ _UNMIX → concentrations (h, e, d)
 
 _QUANTILES = (0.1, 0.5, 0.9)
 _HIST_BINS = 8
@@ -315,8 +312,7 @@ def _batch_features(batch: np.ndarray) -> np.ndarray:
     for c in range(3):
         cols += _stats(flat[:, :, c])
     # colour deconvolution: optical density → haematoxylin / eosin concentrations
-    od = -np.log((flat * 255.0 + 1.0) / 256.0)
-    conc = od @ _UNMIX
+    conc = rgb_to_od(batch.reshape(b, -1, 3)) @ UNMIX
     for c in range(2):
         cols += _stats(conc[:, :, c])
     # HSV saturation and value

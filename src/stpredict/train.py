@@ -213,6 +213,14 @@ def _run_epoch(
     return {k: float(v) / n_seen for k, v in sums.items()}, n_seen, seconds
 
 
+def _selection_score(entry: Mapping[str, Any]) -> float:
+    """What picks the best epoch (lower is better): ``val_score``, else the validation or training loss."""
+    for key in ("val_score", "val_loss", "train_loss"):
+        if key in entry:
+            return float(entry[key])
+    raise KeyError("a history entry has neither val_score, val_loss nor train_loss")
+
+
 def train_module(
     module: nn.Module,
     train_dataset: torch.utils.data.Dataset,
@@ -236,6 +244,7 @@ def train_module(
     batch_sampler: Iterable[Sequence[int]] | None = None,
     progress: bool = True,
     callbacks: Sequence[Callable[[int, dict[str, Any], nn.Module], Any]] = (),
+    score: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """Train a retrieval module (contrastive image–expression model).
 
@@ -296,6 +305,10 @@ def train_module(
     callbacks
         Functions ``cb(epoch, history_entry, module)`` called after each epoch's checkpoint is
         written.
+    score
+        ``score(module) -> float`` evaluated after every epoch (module in eval mode) and stored
+        as ``val_score``; the epoch with the lowest score is kept instead of the lowest
+        validation loss (e.g. minus the validation retrieval Pearson r).
 
     Returns
     -------
@@ -437,7 +450,7 @@ def train_module(
         best_state = dict(ckpt["best_state"])
         start_epoch = int(ckpt["epoch"])
         if history:
-            best_score = min(h["val_loss" if "val_loss" in h else "train_loss"] for h in history)
+            best_score = min(_selection_score(h) for h in history)
         logger.info(f"Resuming from {resume_file} after epoch {start_epoch} of {epochs}.")
 
     if ckpt_dir is not None:
@@ -519,9 +532,12 @@ def train_module(
             entry["images_per_s"] = n_images / train_seconds if train_seconds > 0 else float("nan")
             history.append(entry)
 
-            score = entry["val_loss" if val_loader is not None else "train_loss"]
-            if score < best_score or not best_state:
-                best_epoch, best_score, best_state = epoch, score, _cpu_state(module)
+            if score is not None:
+                module.eval()
+                entry["val_score"] = float(score(module))
+            epoch_score = _selection_score(entry)
+            if epoch_score < best_score or not best_state:
+                best_epoch, best_score, best_state = epoch, epoch_score, _cpu_state(module)
 
             if ckpt_dir is not None:
                 _save_checkpoint(

@@ -81,6 +81,12 @@ class PatchDataset(torch.utils.data.Dataset):
         ``(n, 2)`` integer grid coordinates; ``None``: zeros.
     augment
         Random horizontal flip, vertical flip and rotation by k·90° (k in 0..3).
+    stain_jitter
+        With ``augment``: scale each stain concentration (haematoxylin, eosin, DAB) by
+        ``1 + U(-σ, σ)`` and shift it by ``U(-σ, σ)`` (HED jitter, Tellez et al. 2018); ``0``: off.
+    crop
+        Side (px) of a random crop of each (larger) patch with ``augment`` (random translation
+        within the spot); the central crop without. ``None``: the whole patch.
     mean, std
         Normalisation constants (:func:`to_tensor`).
     seed
@@ -104,6 +110,8 @@ class PatchDataset(torch.utils.data.Dataset):
         *,
         coords: np.ndarray | None = None,
         augment: bool = False,
+        stain_jitter: float = 0.0,
+        crop: int | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int | None = None,
@@ -125,6 +133,13 @@ class PatchDataset(torch.utils.data.Dataset):
                 raise ValueError(f"coords must be finite numbers of shape ({n}, 2), got {c.dtype} {c.shape}.")
             self.coords = c.astype(np.int64)
         self.augment = bool(augment)
+        if not 0.0 <= float(stain_jitter) < 1.0:
+            raise ValueError(f"stain_jitter must be in [0, 1), got {stain_jitter!r}.")
+        self.stain_jitter = float(stain_jitter)
+        side = self.patches.shape[1]
+        if crop is not None and not 1 <= int(crop) <= side:
+            raise ValueError(f"crop must be an integer in [1, {side}] (the patch side), got {crop!r}.")
+        self.crop = None if crop is None else int(crop)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         _stats(self.mean, what="mean"), _stats(self.std, what="std")
@@ -138,28 +153,51 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.patches)
 
-    def _draws(self, index: int) -> tuple[bool, bool, int]:
-        gen = None
-        if self.seed is not None:
-            gen = torch.Generator().manual_seed(
-                hash((int(self.seed), int(index), self.epoch)) & 0x7FFF_FFFF_FFFF
-            )
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        return torch.Generator().manual_seed(
+            hash((int(self.seed), int(index), self.epoch)) & 0x7FFF_FFFF_FFFF
+        )
+
+    def _draws(self, index: int, gen: torch.Generator | None = None) -> tuple[bool, bool, int]:
         r = torch.randint(0, 16, (1,), generator=gen).item()
         return bool(r & 1), bool(r & 2), int(r >> 2)
+
+    def _crop(self, img: np.ndarray, gen: torch.Generator | None) -> np.ndarray:
+        side = img.shape[0]
+        if self.crop is None or self.crop == side:
+            return img
+        room = side - self.crop
+        if self.augment:
+            y, x = (int(v) for v in torch.randint(0, room + 1, (2,), generator=gen))
+        else:
+            y = x = room // 2
+        return img[y : y + self.crop, x : x + self.crop]
+
+    def _jitter(self, img: np.ndarray, gen: torch.Generator | None) -> np.ndarray:
+        from ._stain import hed_shift
+
+        u = (torch.rand(6, generator=gen).numpy() * 2 - 1) * self.stain_jitter
+        return hed_shift(img, 1.0 + u[:3], u[3:])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = int(index)
         if index < 0:
             index += len(self)
         img = self.patches[index]
+        gen = self._generator(index) if self.augment else None
+        img = self._crop(img, gen)
         if self.augment:
-            hflip, vflip, k = self._draws(index)
+            hflip, vflip, k = self._draws(index, gen)
             if hflip:
                 img = img[:, ::-1]
             if vflip:
                 img = img[::-1]
             if k:
                 img = np.rot90(img, k, axes=(0, 1))
+            if self.stain_jitter:
+                img = self._jitter(np.ascontiguousarray(img), gen)
         return {
             "image": to_tensor(np.ascontiguousarray(img), self.mean, self.std),
             "expression": torch.from_numpy(self.expression[index]),

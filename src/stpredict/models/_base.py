@@ -238,7 +238,8 @@ class STPredictModel:
         How expression was normalised (e.g. ``{"target_sum": 1e4, "log1p": True}``).
     patch
         Patch parameters: ``patch_size_um``, ``size`` (pixels fed to the model), ``mean``,
-        ``std``. Defaults: 112 µm, the module's image size, ImageNet statistics.
+        ``std``, ``tta`` (average the embeddings of the 8 flips/rotations of each patch).
+        Defaults: 112 µm, the module's image size, ImageNet statistics, no TTA.
     retrieval
         Retrieval defaults ``{"k": ..., "weighting": ...}``; default from the module.
     bank
@@ -298,6 +299,7 @@ class STPredictModel:
             "size": int(module.config.get("image_size", defaults["image_size"])),
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
+            "tta": False,
             **(patch or {}),
         }
         self.retrieval = {**defaults["retrieval"], **(retrieval or {})}
@@ -324,6 +326,13 @@ class STPredictModel:
         return next(self.module.parameters()).device
 
     # ------------------------------------------------------------------ embedding
+    def _encode_views(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings; with ``patch["tta"]`` the mean over the 8 dihedral views."""
+        if not self.patch.get("tta"):
+            return self.module.encode_image(images)
+        views = [torch.rot90(v, k, dims=(2, 3)) for v in (images, images.flip(3)) for k in range(4)]
+        return torch.stack([self.module.encode_image(v) for v in views]).mean(dim=0)
+
     def embed_images(
         self,
         patches: np.ndarray,
@@ -365,7 +374,7 @@ class STPredictModel:
             starts = range(0, len(patches), batch_size)
             for start in progress_bar(starts, desc="embedding images", unit="batch", enabled=progress):
                 chunk = _to_tensor(patches[start : start + batch_size], self.patch["mean"], self.patch["std"])
-                emb = self.module.encode_image(chunk.to(dev))
+                emb = self._encode_views(chunk.to(dev))
                 out[start : start + len(chunk)] = emb.float().cpu().numpy()
         return out
 

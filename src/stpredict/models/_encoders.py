@@ -16,8 +16,10 @@ __all__ = ["ImageEncoder", "build_image_encoder", "load_state_dict_file"]
 class ImageEncoder(nn.Module):
     """A timm backbone without classifier.
 
-    ``forward`` returns the token sequence ``[B, N, C]`` (after the final norm, class token
-    included) for Vision Transformers, and globally pooled features ``[B, C]`` for CNNs.
+    ``forward`` returns a token sequence ``[B, N, C]``: for Vision Transformers the tokens after
+    the final norm (class token included); for CNNs the globally pooled feature map followed by
+    its ``h × w`` cells (``1 + h·w`` tokens, e.g. 50 for a 7 × 7 map), so that the mean over the
+    tokens is the usual global average pool and CMRCNet's reconstruction sees spatial tokens.
 
     Attributes
     ----------
@@ -25,20 +27,22 @@ class ImageEncoder(nn.Module):
         The timm model (``num_classes=0``).
     out_dim
         ``C``, the feature width.
-    returns_tokens
-        Whether ``forward`` returns tokens.
+    is_vit
+        Whether the backbone is a Vision Transformer.
     """
 
-    def __init__(self, model: nn.Module, returns_tokens: bool) -> None:
+    def __init__(self, model: nn.Module, is_vit: bool) -> None:
         super().__init__()
         self.model = model
-        self.returns_tokens = returns_tokens
+        self.is_vit = is_vit
         self.out_dim = int(model.num_features)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.returns_tokens:
-            return self.model.forward_features(image)
-        return self.model(image)
+        features = self.model.forward_features(image)
+        if self.is_vit:
+            return features
+        cells = features.flatten(2).transpose(1, 2)  # [B, h·w, C]
+        return torch.cat([cells.mean(dim=1, keepdim=True), cells], dim=1)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -110,8 +114,7 @@ def build_image_encoder(
 
     Returns
     -------
-    An :class:`ImageEncoder`: its output is the token sequence ``[B, N, C]`` for ViTs (after
-    the final norm, class token included) and the pooled features ``[B, C]`` for CNNs.
+    An :class:`ImageEncoder` whose output is a token sequence ``[B, N, C]`` (see there).
 
     Examples
     --------
@@ -162,4 +165,4 @@ def build_image_encoder(
                 f"weights_path={str(weights_path)!r}: shapes do not match {backbone!r}: {err}"
             ) from err
         logger.info(f"loaded {backbone} weights from {weights_path}")
-    return ImageEncoder(model, returns_tokens=_is_vit(model))
+    return ImageEncoder(model, is_vit=_is_vit(model))

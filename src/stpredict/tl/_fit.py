@@ -133,6 +133,10 @@ def fit(
     image_size: int | None = None,
     patch_size_um: float = 112.0,
     val_fraction: float = 0.2,
+    stain_jitter: float | None = None,
+    translate: float | None = None,
+    tta: bool | None = None,
+    select_epoch: str | None = None,
     device: str = "auto",
     seed: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -206,6 +210,14 @@ def fit(
         SpatialData: the table with the spots (default: the only one).
     layer
         Layer of the table with raw counts (default: ``X``).
+    stain_jitter, translate, tta, select_epoch
+        Training recipe; ``None`` takes the preset's value (:mod:`stpredict.tl._recipe`).
+        ``stain_jitter``: σ of the random HED stain scaling/shift of training patches (``0``:
+        off). ``translate``: how far (a fraction of the patch side) the training crop may move
+        around the spot centre. ``tta``: at prediction, average the embeddings of the 8
+        flips/rotations of each patch. ``select_epoch``: ``"val_loss"`` or ``"val_pearson"``
+        (keep the epoch whose validation spots are best predicted by retrieval from the training
+        spots: mean Pearson r over the training spots' 50 most expressed genes).
     pretrained
         Start the image backbone from timm's pretrained weights (downloads them).
     weights_path
@@ -234,19 +246,120 @@ def fit(
     >>> len(model.genes) <= 40
     True
     """
-    import pandas as pd
-
-    from stpredict.data import PatchDataset, SpotData
-    from stpredict.models import METHODS, STPredictModel
-    from stpredict.pp import normalize_matrix, select_genes
+    from stpredict.data import SpotData
     from stpredict.train import train_module
 
-    # ---- validate arguments before reading anything
+    from ._recipe import Recipe, build_datasets, retrieval_score
+
+    # ---- 1. settings, validated before anything is read
+    dev = resolve_device(device)
+    cls, config, preset = _network_config(
+        method, preset, dev, image_size, pretrained, weights_path, model_kwargs
+    )
+    seed = settings.seed if seed is None else _check_int(seed, "seed", 0)
+    num_workers = settings.num_workers if num_workers is None else _check_int(num_workers, "num_workers", 0)
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: `resume=True` needs `checkpoint_dir` (the folder of the interrupted run).")
+    n_top_genes = _check_int(n_top_genes, "n_top_genes")
+    patch_size_um = _check_float(patch_size_um, "patch_size_um")
+    overrides = {
+        "epochs": _check_int(epochs, "epochs"),
+        "batch_size": _check_int(batch_size, "batch_size"),
+        "lr": _check_float(lr, "lr"),
+        "weight_decay": _check_float(weight_decay, "weight_decay", positive=False),
+        "val_fraction": val_fraction,
+        "stain_jitter": stain_jitter,
+        "translate": translate,
+        "tta": tta,
+        "select_epoch": select_epoch,
+    }
+
+    # ---- 2. spots, genes and normalised expression
+    sd = SpotData.from_object(
+        data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
+    )
+    gene_list, expression, target_sum = _expression(sd, genes, n_top_genes, library_key)
+
+    # ---- 3. network and recipe
+    import torch
+
+    torch.manual_seed(seed)
+    module = cls(len(gene_list), **config)
+    recipe = Recipe.resolve(module.training_defaults, overrides, max_epochs=settings.max_epochs)
+
+    # ---- 4. patches, split, datasets
+    data_parts = build_datasets(
+        sd, expression, module, recipe, patch_size_um=patch_size_um, seed=seed, progress=progress
+    )
+    logger.info(
+        f"fit: training {method} ({preset!r} preset) on {data_parts.n_train} spots, validating on "
+        f"{data_parts.n_val}, {recipe.epochs} epoch(s) of batch {recipe.batch_size} on {dev}"
+        + (f"; checkpoints in {checkpoint_dir}" if checkpoint_dir is not None else "")
+    )
+
+    # ---- 5. train
+    fingerprint = {
+        "method": method,
+        "config": config,
+        "genes": list(gene_list),
+        "target_sum": target_sum,
+        "patch_size_um": patch_size_um,
+        "image_size": recipe.image_size,
+        "recipe": recipe.fingerprint(),
+        "n_spots": len(sd.obs_names),
+        "obs_names_head": [str(x) for x in sd.obs_names[:5]],
+    }
+    result = train_module(
+        module,
+        data_parts.train,
+        data_parts.val,
+        **recipe.loop_kwargs(),
+        device=dev,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        resume=bool(resume),
+        fingerprint=fingerprint,
+        num_workers=num_workers,
+        batch_sampler=data_parts.batch_sampler,
+        progress=progress,
+        score=retrieval_score(data_parts, recipe) if recipe.select_epoch == "val_pearson" else None,
+    )
+    _restore_best(module, result, recipe.epochs, checkpoint_dir)
+
+    # ---- 6. the fitted model and its reference bank (every spot, training and validation)
+    model = _fitted_model(
+        method,
+        module,
+        sd,
+        gene_list,
+        expression,
+        target_sum,
+        patch_size_um,
+        recipe,
+        result,
+        data_parts,
+        preset=preset,
+        seed=seed,
+        device=dev,
+        checkpoint_dir=checkpoint_dir,
+        library_key=library_key,
+    )
+    _LAST_MODEL["model"] = model
+    logger.info(
+        f"fit: done; reference bank of {len(sd.obs_names)} spots, "
+        f"best epoch {result.best_epoch} of {result.epochs_run}"
+    )
+    return model
+
+
+def _network_config(method, preset, device, image_size, pretrained, weights_path, model_kwargs):
+    """The module class, its validated hyper-parameters and the resolved preset name."""
+    from stpredict.models import METHODS
+
     if method not in METHODS:
         raise ValueError(f"fit: `method` must be one of {sorted(METHODS)}, got {method!r}.")
     cls = METHODS[method]
-    dev = resolve_device(device)
-    preset = resolve_preset(preset, dev)
+    preset = resolve_preset(preset, device)
     config = cls.default_config(preset)  # raises on an unknown preset
     allowed = _hyperparameters(cls) | set(config)
     unknown = sorted(set(model_kwargs) - allowed)
@@ -257,37 +370,24 @@ def fit(
             "settings, `image_size`, `pretrained` and `weights_path` are keywords of `fit`)."
         )
     config.update(model_kwargs)
-    n_top_genes = _check_int(n_top_genes, "n_top_genes")
-    epochs = _check_int(epochs, "epochs")
-    batch_size = _check_int(batch_size, "batch_size")
-    image_size = _check_int(image_size, "image_size", 8)
-    lr = _check_float(lr, "lr")
-    weight_decay = _check_float(weight_decay, "weight_decay", positive=False)
-    patch_size_um = _check_float(patch_size_um, "patch_size_um")
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not 0 <= val_fraction < 1
-    ):
-        raise ValueError(f"fit: `val_fraction` must be in [0, 1), got {val_fraction!r}.")
-    seed = settings.seed if seed is None else _check_int(seed, "seed", 0)
-    num_workers = settings.num_workers if num_workers is None else _check_int(num_workers, "num_workers", 0)
-    if resume and checkpoint_dir is None:
-        raise ValueError("fit: `resume=True` needs `checkpoint_dir` (the folder of the interrupted run).")
     if pretrained and weights_path is not None:
         raise ValueError("fit: give either `pretrained=True` or `weights_path=`, not both.")
+    image_size = _check_int(image_size, "image_size", 8)
     if image_size is not None:
         config["image_size"] = image_size
     if pretrained:
         config["pretrained"] = True
     if weights_path is not None:
         config["weights_path"] = str(weights_path)
+    return cls, config, preset
 
-    # ---- spots, genes, expression
-    sd = SpotData.from_object(
-        data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
-    )
+
+def _expression(sd, genes, n_top_genes: int, library_key: str) -> tuple[list[str], np.ndarray, float]:
+    """Chosen genes, their log-normalised expression (float32) and the normalisation's target sum."""
     import anndata as ad
+    import pandas as pd
+
+    from stpredict.pp import normalize_matrix, select_genes
 
     counts_view = ad.AnnData(
         X=sd.counts,
@@ -302,121 +402,65 @@ def fit(
     expression = np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32)
     how = "given" if genes is not None else f"top {n_top_genes} HVG per slide"
     logger.info(
-        f"fit: {len(sd.obs_names)} spots from {len(sd.libraries)} "
-        f"slide(s), {len(gene_list)} genes ({how}), normalised to {target_sum:.0f} counts + log1p"
+        f"fit: {len(sd.obs_names)} spots from {len(sd.libraries)} slide(s), {len(gene_list)} genes "
+        f"({how}), normalised to {target_sum:.0f} counts + log1p"
     )
+    return list(gene_list), expression, target_sum
 
-    # ---- network and training settings
-    import torch
 
-    torch.manual_seed(seed)
-    module = cls(len(gene_list), **config)
-    defaults = module.training_defaults
-    epochs = epochs or int(defaults["epochs"])
-    if settings.max_epochs is not None and epochs > settings.max_epochs:
-        logger.warning(f"fit: {epochs} epochs capped to stp.settings.max_epochs={settings.max_epochs}")
-        epochs = settings.max_epochs
-    batch_size = batch_size or int(defaults["batch_size"])
-    lr = lr if lr is not None else float(defaults["lr"])
-    weight_decay = weight_decay if weight_decay is not None else float(defaults["weight_decay"])
-    size = int(defaults["image_size"])
-
-    # ---- patches and split
-    n = len(sd.obs_names)
-    patches = sd.extract_patches(patch_size_um=patch_size_um, size=size, progress=progress)
-    rng = np.random.default_rng(seed)
-    n_val = round(val_fraction * n) if val_fraction > 0 else 0
-    if n - n_val < 2:
-        raise ValueError(
-            f"fit: only {n - n_val} training spot(s) after holding out {n_val}; need at least 2."
-        )
-    order = rng.permutation(n)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    coords = np.asarray(sd.grid_coords, dtype=np.int64)
-    train_ds = PatchDataset(patches[train_idx], expression[train_idx], coords=coords[train_idx], augment=True)
-    val_ds = (
-        PatchDataset(patches[val_idx], expression[val_idx], coords=coords[val_idx], augment=False)
-        if n_val
-        else None
-    )
-    batch_sampler = None
-    if getattr(module, "spot_context", "none") == "slide":
-        from stpredict.data import neighbourhood_batches
-
-        batch_sampler = neighbourhood_batches(
-            np.asarray(sd.library_ids)[train_idx], coords[train_idx], batch_size, seed=seed
-        )
-
-    fingerprint = {
-        "method": method,
-        "config": config,
-        "genes": list(gene_list),
-        "target_sum": target_sum,
-        "patch_size_um": patch_size_um,
-        "image_size": size,
-        "n_spots": n,
-        "val_fraction": float(val_fraction),
-        "obs_names_head": [str(x) for x in sd.obs_names[:5]],
-    }
-    logger.info(
-        f"fit: training {method} ({preset!r} preset) on {len(train_idx)} spots, validating on {n_val}, "
-        f"{epochs} epoch(s) of batch {batch_size} on {dev}"
-        + (f"; checkpoints in {checkpoint_dir}" if checkpoint_dir is not None else "")
-    )
-    result = train_module(
-        module,
-        train_ds,
-        val_ds,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=defaults.get("optimizer", "adamw"),
-        scheduler=defaults.get("scheduler", "cosine"),
-        lr=lr,
-        weight_decay=weight_decay,
-        lr_min=min(float(defaults.get("lr_min", 0.0)), lr),
-        device=dev,
-        seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        resume=bool(resume),
-        fingerprint=fingerprint,
-        num_workers=num_workers,
-        batch_sampler=batch_sampler,
-        progress=progress,
-    )
+def _restore_best(module, result, epochs: int, checkpoint_dir) -> None:
+    """Load the best epoch's weights; warn when training was interrupted."""
     if result.best_state:
         module.load_state_dict(result.best_state)
     if result.interrupted:
+        how = (
+            f"; `resume=True` with checkpoint_dir={str(checkpoint_dir)!r} continues it."
+            if checkpoint_dir
+            else "."
+        )
         logger.warning(
             f"fit: training was interrupted after {result.epochs_run} of {epochs} epoch(s); returning the "
-            f"model of the best epoch so far ({result.best_epoch})"
-            + (
-                f"; `resume=True` with checkpoint_dir={str(checkpoint_dir)!r} continues it."
-                if checkpoint_dir
-                else "."
-            )
+            f"model of the best epoch so far ({result.best_epoch}){how}"
         )
 
-    # ---- the fitted model and its reference bank (every spot, training and validation)
+
+def _fitted_model(
+    method,
+    module,
+    sd,
+    gene_list,
+    expression,
+    target_sum,
+    patch_size_um,
+    recipe,
+    result,
+    parts,
+    *,
+    preset,
+    seed,
+    device,
+    checkpoint_dir,
+    library_key,
+) -> STPredictModel:
+    """The :class:`STPredictModel` with its reference bank of every spot."""
+    from stpredict.models import STPredictModel
+
     model = STPredictModel(
         method,
         module,
         genes=gene_list,
         normalization={"target_sum": target_sum, "log1p": True},
-        patch={"patch_size_um": patch_size_um, "size": size},
+        patch={"patch_size_um": patch_size_um, "size": recipe.image_size, "tta": recipe.tta},
         history=result.history,
         training={
             "preset": preset,
-            "epochs": epochs,
+            **recipe.fingerprint(),
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
-            "batch_size": batch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "val_fraction": float(val_fraction),
-            "n_train": len(train_idx),
-            "n_val": int(n_val),
+            "n_train": parts.n_train,
+            "n_val": parts.n_val,
             "seed": seed,
-            "device": dev,
+            "device": device,
             "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
             "interrupted": bool(result.interrupted),
             "library_key": library_key,
@@ -427,12 +471,8 @@ def fit(
         expression,
         library_id=np.asarray(sd.library_ids).astype(str),
         obs_names=np.asarray(sd.obs_names).astype(str),
-        coords=coords,
-        device=dev,
+        coords=parts.coords,
+        device=device,
     )
     model.module.to("cpu")
-    _LAST_MODEL["model"] = model
-    logger.info(
-        f"fit: done; reference bank of {n} spots, best epoch {result.best_epoch} of {result.epochs_run}"
-    )
     return model

@@ -1,0 +1,241 @@
+"""The training recipe around a network: its settings, the training data, the epoch selection.
+
+A method's presets give defaults (``module.training_defaults``); :func:`stpredict.tl.fit`
+keywords override them. Nothing here depends on which method is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from stpredict._logging import logger
+
+__all__ = ["DataParts", "Recipe", "build_datasets", "retrieval_score"]
+
+SelectEpoch = Literal["val_loss", "val_pearson"]
+_SELECT = ("val_loss", "val_pearson")
+_SCORE_GENES = 50  # genes of the validation score: the training spots' most expressed
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Validated training settings (see :func:`stpredict.tl.fit`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    lr_min: float
+    optimizer: str
+    scheduler: str | None
+    image_size: int
+    val_fraction: float
+    augment: bool
+    drop_last: bool
+    stain_jitter: float
+    translate: float
+    tta: bool
+    select_epoch: SelectEpoch
+    k: int
+    weighting: str
+
+    @classmethod
+    def resolve(
+        cls, defaults: dict[str, Any], overrides: dict[str, Any], *, max_epochs: int | None
+    ) -> Recipe:
+        """The preset's ``defaults`` with the non-``None`` ``overrides`` (fit keywords), checked."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        merged = {**defaults, **given}
+        retrieval = merged.get("retrieval", {})
+        recipe = cls(
+            epochs=int(merged["epochs"]),
+            batch_size=int(merged["batch_size"]),
+            lr=float(merged["lr"]),
+            weight_decay=float(merged["weight_decay"]),
+            lr_min=min(float(merged.get("lr_min", 0.0)), float(merged["lr"])),
+            optimizer=str(merged.get("optimizer", "adamw")),
+            scheduler=merged.get("scheduler", "cosine"),
+            image_size=int(merged["image_size"]),
+            val_fraction=_fraction(merged.get("val_fraction", 0.2), "val_fraction", upper=1.0),
+            augment=bool(merged.get("augment", True)),
+            drop_last=bool(merged.get("drop_last", True)),
+            stain_jitter=_fraction(merged.get("stain_jitter", 0.0), "stain_jitter", upper=1.0),
+            translate=_fraction(merged.get("translate", 0.0), "translate", upper=1.0),
+            tta=_flag(merged.get("tta", False), "tta"),
+            select_epoch=_choice(merged.get("select_epoch", "val_loss"), "select_epoch", _SELECT),
+            k=int(retrieval.get("k", 50)),
+            weighting=str(retrieval.get("weighting", "mean")),
+        )
+        if max_epochs is not None and recipe.epochs > max_epochs:
+            logger.warning(f"fit: {recipe.epochs} epochs capped to stp.settings.max_epochs={max_epochs}")
+            recipe = cls(**{**asdict(recipe), "epochs": int(max_epochs)})
+        if recipe.select_epoch == "val_pearson" and recipe.val_fraction == 0:
+            raise ValueError("fit: select_epoch='val_pearson' needs validation spots (val_fraction > 0).")
+        return recipe
+
+    def loop_kwargs(self) -> dict[str, Any]:
+        """Keywords of :func:`stpredict.train.train_module`."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "lr_min": self.lr_min,
+            "drop_last": self.drop_last,
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-able settings (recorded in checkpoints and in ``model.training``)."""
+        return asdict(self)
+
+
+def _fraction(value: Any, name: str, *, upper: float) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, int | float | np.number) and np.isfinite(value)
+    if not ok or not 0 <= value < upper:
+        raise ValueError(f"fit: `{name}` must be a number in [0, {upper:g}), got {value!r}.")
+    return float(value)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"fit: `{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> Any:
+    if value not in choices:
+        raise ValueError(f"fit: `{name}` must be one of {list(choices)}, got {value!r}.")
+    return value
+
+
+@dataclass
+class DataParts:
+    """The training and validation datasets of one fit, and what the bank needs."""
+
+    train: Any
+    val: Any
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    expression: np.ndarray
+    coords: np.ndarray
+    batch_sampler: Any
+
+    @property
+    def n_train(self) -> int:
+        """Training spots."""
+        return len(self.train_idx)
+
+    @property
+    def n_val(self) -> int:
+        """Validation spots."""
+        return len(self.val_idx)
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random (train, validation) indices, each sorted."""
+    n_val = round(val_fraction * n) if val_fraction > 0 else 0
+    if n - n_val < 2:
+        raise ValueError(
+            f"fit: only {n - n_val} training spot(s) after holding out {n_val}; need at least 2."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def build_datasets(
+    sd: Any,
+    expression: np.ndarray,
+    module: Any,
+    recipe: Recipe,
+    *,
+    patch_size_um: float,
+    seed: int,
+    progress: bool,
+) -> DataParts:
+    """Cut the patches (with a margin for random translation), split, wrap in datasets."""
+    from stpredict.data import PatchDataset
+
+    size = recipe.image_size
+    margin = round(size * recipe.translate)
+    patches = sd.extract_patches(
+        patch_size_um=patch_size_um * (size + margin) / size, size=size + margin, progress=progress
+    )
+    train_idx, val_idx = _split(len(sd.obs_names), recipe.val_fraction, seed)
+    coords = np.asarray(sd.grid_coords, dtype=np.int64)
+    crop = size if margin else None
+
+    def dataset(idx: np.ndarray, train: bool) -> Any:
+        return PatchDataset(
+            patches[idx],
+            expression[idx],
+            coords=coords[idx],
+            augment=train and recipe.augment,
+            stain_jitter=recipe.stain_jitter if train else 0.0,
+            crop=crop,
+        )
+
+    batch_sampler = None
+    if getattr(module, "spot_context", "none") == "slide":
+        from stpredict.data import neighbourhood_batches
+
+        batch_sampler = neighbourhood_batches(
+            np.asarray(sd.library_ids)[train_idx], coords[train_idx], recipe.batch_size, seed=seed
+        )
+    return DataParts(
+        train=dataset(train_idx, True),
+        val=dataset(val_idx, False) if len(val_idx) else None,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        expression=expression,
+        coords=coords,
+        batch_sampler=batch_sampler,
+    )
+
+
+def retrieval_score(parts: DataParts, recipe: Recipe):
+    """``score(module)``: minus the mean Pearson r of the validation spots predicted by retrieval.
+
+    The keys are the training spots' expression embeddings, the queries the validation spots'
+    image embeddings (central crops, no augmentation); ``recipe.k`` neighbours, ``recipe.weighting``.
+    The genes are the training spots' ``50`` most expressed: no validation expression chooses them.
+    """
+    import torch
+
+    from stpredict.metrics import pearson_per_gene
+    from stpredict.retrieval import retrieve
+
+    train_expr = parts.expression[parts.train_idx]
+    genes = np.argsort(-train_expr.mean(axis=0), kind="stable")[:_SCORE_GENES]
+    truth = parts.expression[parts.val_idx][:, genes]
+    k = min(recipe.k, len(parts.train_idx))
+    val_images = torch.stack([parts.val[i]["image"] for i in range(len(parts.val))])
+    coords = torch.from_numpy(parts.coords[parts.train_idx])
+
+    def score(module: Any) -> float:
+        device = next(module.parameters()).device
+        with torch.inference_mode():
+            keys = torch.cat(
+                [
+                    module.encode_expression(
+                        torch.from_numpy(train_expr[i : i + 512]).to(device), coords[i : i + 512].to(device)
+                    ).float()
+                    for i in range(0, len(train_expr), 512)
+                ]
+            )
+            queries = torch.cat(
+                [
+                    module.encode_image(val_images[i : i + 256].to(device)).float()
+                    for i in range(0, len(val_images), 256)
+                ]
+            )
+        pred = retrieve(
+            queries.cpu().numpy(), keys.cpu().numpy(), train_expr[:, genes], k, weighting=recipe.weighting
+        )
+        return -float(np.mean(pearson_per_gene(truth, pred.prediction)))
+
+    return score
