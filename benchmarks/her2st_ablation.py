@@ -29,26 +29,38 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from her2st_cv import load_her2st  # noqa: E402
 
-# name → (method, fit keyword overrides). The `cpu` preset is the base of every variant.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    # the previous `cpu` preset: ViT-Tiny depth 4 at 112 px, lr 1e-4, 10 epochs
-    "cmrcnet_vit_lr1e-4": (
-        "cmrcnet",
-        {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 4}, "lr": 1e-4, "epochs": 10},
-    ),
-    "cmrcnet_vit_lr1e-3": (
-        "cmrcnet",
-        {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 4}, "lr": 1e-3, "epochs": 10},
-    ),
-    "cmrcnet_resnet18_lr1e-3": (
-        "cmrcnet",
-        {"backbone": "resnet18", "backbone_kwargs": {}, "lr": 1e-3, "epochs": 10},
-    ),
-    "cmrcnet_resnet18_64px_lr1e-3": (
-        "cmrcnet",
-        {"backbone": "resnet18", "backbone_kwargs": {}, "image_size": 64, "lr": 1e-3, "epochs": 20},
-    ),
-}
+# name → (method, fit keyword overrides). Each row adds one change to the row it names.
+_VIT = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 4}, "image_size": 112}
+_CNN = {"backbone": "resnet18", "backbone_kwargs": {"channels": [32, 64, 128, 256]}, "image_size": 64}
+_STAGES: list[tuple[str, str, dict[str, Any]]] = [
+    # (name, based on, change)
+    ("vit112_lr1e-4_10ep", "", {**_VIT, "lr": 1e-4, "epochs": 10}),  # the first `cpu` preset
+    ("vit112_lr1e-3_10ep", "vit112_lr1e-4_10ep", {"lr": 1e-3}),
+    ("cnn64_lr1e-3_30ep", "", {**_CNN, "lr": 1e-3, "epochs": 30}),
+    ("+stain_translate", "cnn64_lr1e-3_30ep", {"stain_jitter": 0.05, "translate": 0.25}),
+    ("+tta", "+stain_translate", {"tta": True}),
+    ("+val_pearson", "+tta", {"select_epoch": "val_pearson"}),
+    ("+60ep", "+val_pearson", {"epochs": 60}),
+    ("+lr3e-4", "+val_pearson", {"lr": 3e-4}),
+]
+
+
+def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, base, change in _STAGES:
+        out[name] = {**(out[base] if base else {}), **change}
+    table = {name: ("cmrcnet", kw) for name, kw in out.items()}
+    # contrastive-only ablation of every row
+    table.update(
+        {
+            f"{name} [contrastive only]": ("cmrcnet", {**kw, "reconstruction": None})
+            for name, kw in out.items()
+        }
+    )
+    return table
+
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = _variants()
 
 
 def run(args: argparse.Namespace) -> None:

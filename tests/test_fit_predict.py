@@ -193,7 +193,9 @@ def test_nothing_modified_on_error(slides, model):
         ({"k": 0}, ValueError),
         ({"k": 10_000}, ValueError),
         ({"weighting": "median"}, ValueError),
-        ({"key_added": ""}, TypeError),
+        ({"key_added": ""}, ValueError),  # a wrong value (a wrong type is a TypeError)
+        ({"key_added": "a/b"}, ValueError),  # "/" breaks write_h5ad → read_h5ad
+        ({"key_added": 3}, TypeError),
         ({"batch_size": 0}, ValueError),
         ({"library_key": "no_such_column"}, KeyError),
     ]

@@ -141,5 +141,13 @@ def test_load_bank_shape_mismatch(tmp_path):
     bank = {k: model.bank[k] for k in ("expression", "embeddings", "coords")}
     bank["expression"] = bank["expression"][:, :-1].copy()
     save_file(bank, str(path / "bank.safetensors"))
+    with pytest.raises(ValueError, match="mixes files of different saves"):
+        stp.models.load(path)
+    # even with a matching sha256 (a hand-edited folder) the shapes are checked
+    from stpredict.models._folder import file_sha256
+
+    meta = json.loads((path / "config.json").read_text())
+    meta["files"]["bank.safetensors"] = file_sha256(path / "bank.safetensors")
+    (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="'expression'.*expected \\(40, 10\\)"):
         stp.models.load(path)

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def check_key(key: Any, *, what: str) -> str:
+    """A key the package writes under (obsm/layers/uns/tables): letters, digits, ``_ - .`` only.
+
+    SpatialData requires this of table names, and ``/`` would break ``.h5ad`` / zarr paths.
+    TypeError for a non-string, ValueError for a string with other characters.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"{what} must be a string, got {type(key).__name__}.")
+    if not _KEY.match(key) or key in (".", ".."):
+        raise ValueError(
+            f"{what}={key!r} is not a valid key: use letters, digits, '_', '-' and '.' only "
+            "(keys become .h5ad / zarr paths and SpatialData table names)."
+        )
+    return key
 
 
 def check_obs_names(names: Sequence[Any] | pd.Index, *, what: str = "adata.obs_names") -> pd.Index:
@@ -55,7 +74,32 @@ def check_image(array: Any, *, what: str) -> tuple[int, int, int]:
     dtype = np.dtype(getattr(array, "dtype", np.float64))
     if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
         raise ValueError(f"{what} must be uint8 or float in [0, 1], got dtype {dtype}.")
+    if np.issubdtype(dtype, np.floating):
+        _check_float_range(array, what=what)
     return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+_RANGE_SAMPLE = 512  # side of the block read from a lazy image to check its value range
+
+
+def _check_float_range(array: Any, *, what: str) -> None:
+    """A float image must hold values in [0, 1]: 0–255 floats would be clipped to white."""
+    if isinstance(array, np.ndarray):
+        sample = array[:: max(1, array.shape[0] // 1024), :: max(1, array.shape[1] // 1024)]
+    else:  # lazy (dask / xarray): one block from the middle, not the whole slide
+        h, w = array.shape[:2]
+        y0, x0 = max(0, h // 2 - _RANGE_SAMPLE // 2), max(0, w // 2 - _RANGE_SAMPLE // 2)
+        sample = np.asarray(array[y0 : y0 + _RANGE_SAMPLE, x0 : x0 + _RANGE_SAMPLE])
+    sample = np.asarray(sample, dtype=np.float64)
+    finite = sample[np.isfinite(sample)]
+    if finite.size < sample.size:
+        raise ValueError(f"{what} has NaN or infinite pixel values; expected floats in [0, 1].")
+    if finite.size and (finite.max() > 1.0 or finite.min() < 0.0):
+        hint = " They look like 0–255: divide by 255 or convert to uint8." if finite.max() <= 255 else ""
+        raise ValueError(
+            f"{what} is a float image with values in [{finite.min():g}, {finite.max():g}]; "
+            f"expected [0, 1].{hint}"
+        )
 
 
 def check_inside(centers: np.ndarray, height: int, width: int, names: pd.Index, *, what: str) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict._logging import logger
+from stpredict._validation import check_positive
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -43,11 +44,12 @@ def _check(adata: AnnData, library_key: str) -> list[str]:
                 f"to_spatialdata: adata.uns['spatial'][{lib!r}]['images'] has neither 'hires' nor 'lowres'."
             )
         sf = entry.get("scalefactors", {})
+        where = f"to_spatialdata: adata.uns['spatial'][{lib!r}]['scalefactors']"
         if "spot_diameter_fullres" not in sf:
-            raise KeyError(
-                f"to_spatialdata: adata.uns['spatial'][{lib!r}]['scalefactors'] lacks "
-                "'spot_diameter_fullres'."
-            )
+            raise KeyError(f"{where} lacks 'spot_diameter_fullres'.")
+        for name in ("spot_diameter_fullres", "tissue_hires_scalef", "tissue_lowres_scalef"):
+            if name in sf:
+                check_positive(sf[name], what=f"{where}[{name!r}]")
     if adata.obs_names.has_duplicates:
         raise ValueError("to_spatialdata: adata.obs_names must be unique.")
     return libs

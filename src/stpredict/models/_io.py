@@ -5,7 +5,9 @@ Nothing is unpickled on load: weights and numeric arrays are safetensors, the re
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_model", "load_model"]
 
 FORMAT_NAME = "stpredict-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json records the sha256 of the weight files
 MODEL_FILE, BANK_FILE, CONFIG_FILE = "model.safetensors", "bank.safetensors", "config.json"
 _NUMERIC_BANK = ("expression", "embeddings", "coords")
 
@@ -36,23 +38,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"config.json: cannot store a {type(obj).__name__} ({obj!r}) as JSON.")
 
 
-def save_model(model: STPredictModel, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``model`` to the folder ``path`` (see :meth:`STPredictModel.save`)."""
-    from safetensors.numpy import save_file as save_numpy
-    from safetensors.torch import save_file as save_torch
+def _is_model_folder(path: Path) -> bool:
+    """Whether ``path`` holds a model written by :func:`save_model` (and nothing else)."""
+    names = {p.name for p in path.iterdir()}
+    if not names <= {MODEL_FILE, BANK_FILE, CONFIG_FILE}:
+        return False
+    try:
+        return json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
 
+
+def _metadata(model: STPredictModel) -> dict[str, Any]:
     import stpredict
 
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"STPredictModel.save: {str(path)!r} exists and is not a folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"STPredictModel.save: folder {str(path)!r} exists and is not empty; "
-            "pass overwrite=True to replace it."
-        )
     bank = model.bank
-    meta: dict[str, Any] = {
+    return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "stpredict_version": stpredict.__version__,
@@ -74,16 +75,140 @@ def save_model(model: STPredictModel, path: str | Path, *, overwrite: bool = Fal
             "obs_names": bank["obs_names"].tolist(),
         },
     }
-    # serialise first: nothing is written if the metadata cannot be stored
-    text = json.dumps(meta, indent=1, default=_json_default)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
-    save_torch(state, str(path / MODEL_FILE), metadata={"format": FORMAT_NAME})
-    arrays = {} if bank is None else {k: np.ascontiguousarray(bank[k]) for k in _NUMERIC_BANK if k in bank}
-    save_numpy(arrays, str(path / BANK_FILE), metadata={"format": FORMAT_NAME})
-    (path / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+
+def save_model(model: STPredictModel, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model`` to the folder ``path`` (see :meth:`STPredictModel.save`).
+
+    The files are written into a temporary sibling folder, ``config.json`` last with the sha256
+    of the two weight files, and the folder is then renamed into place; a lock file
+    (``<path>.lock``) keeps a second writer out. An existing folder is replaced only with
+    ``overwrite=True`` and only if it is a saved model: other folders are never emptied.
+    """
+    from safetensors.numpy import save_file as save_numpy
+    from safetensors.torch import save_file as save_torch
+
+    from ._folder import file_sha256, replace_folder
+
+    what = "STPredictModel.save"
+    meta = _metadata(model)
+    json.dumps(meta, default=_json_default)  # fail before writing anything if it cannot be stored
+
+    def may_replace(folder: Path) -> bool:
+        if not overwrite:
+            raise FileExistsError(
+                f"{what}: folder {str(folder)!r} exists and is not empty; pass overwrite=True to replace it."
+            )
+        if not _is_model_folder(folder):
+            raise FileExistsError(
+                f"{what}: folder {str(folder)!r} holds files other than a saved stpredict model; "
+                "it is not replaced even with overwrite=True (choose another folder)."
+            )
+        return True
+
+    def write(folder: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
+        save_torch(state, str(folder / MODEL_FILE), metadata={"format": FORMAT_NAME})
+        bank = model.bank
+        arrays = (
+            {} if bank is None else {k: np.ascontiguousarray(bank[k]) for k in _NUMERIC_BANK if k in bank}
+        )
+        save_numpy(arrays, str(folder / BANK_FILE), metadata={"format": FORMAT_NAME})
+        files = {name: file_sha256(folder / name) for name in (MODEL_FILE, BANK_FILE)}
+        text = json.dumps({**meta, "files": files}, indent=1, default=_json_default)
+        (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+    replace_folder(Path(path), write, may_replace=may_replace, what=what)
     logger.info(f"saved {model.method} model to {path}")
-    return path
+    return Path(path)
+
+
+def _check_files(path: Path, meta: dict[str, Any], what: str) -> None:
+    """The weight files are the ones ``config.json`` was written with (format 2 records their sha256)."""
+    from ._folder import file_sha256
+
+    files = meta.get("files")
+    if files is None:
+        if meta.get("format_version", 1) >= 2:
+            raise ValueError(f"{what}: {str(path / CONFIG_FILE)!r} lacks the sha256 of the weight files.")
+        return  # format 1 had none
+    for name in (MODEL_FILE, BANK_FILE):
+        digest = file_sha256(path / name)
+        if not isinstance(files, dict) or files.get(name) != digest:
+            raise ValueError(
+                f"{what}: {str(path / name)!r} is not the file {str(path / CONFIG_FILE)!r} was saved with "
+                f"(its sha256 starts {digest[:12]}): "
+                "the folder mixes files of different saves. Save the model again."
+            )
+
+
+# backbone_kwargs a saved model may pass to timm: sizes and switches of the architecture, never
+# anything that names a file, a URL or pretrained weights
+ARCHITECTURE_KEYS = frozenset(
+    {
+        "depth", "num_heads", "embed_dim", "patch_size", "mlp_ratio", "qkv_bias", "qk_norm", "class_token",
+        "global_pool", "no_embed_class", "reg_tokens", "fc_norm", "drop_rate", "drop_path_rate",
+        "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "init_values", "dynamic_img_size", "layers",
+        "channels", "block_config", "growth_rate", "num_init_features", "bn_size", "stem_width",
+        "stem_type", "cardinality", "base_width", "output_stride", "in_chans", "act_layer",
+    }
+)  # fmt: skip
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _plain_value(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    if isinstance(value, str):
+        return bool(_PLAIN_NAME.match(value))
+    if isinstance(value, list | tuple):
+        return all(isinstance(v, bool | int | float) for v in value)
+    return False
+
+
+def _init_keywords(cls: type) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in params if p.name not in ("self", "n_genes") and p.kind != p.VAR_KEYWORD}
+
+
+def check_config(config: Any, cls: type, where: str) -> dict[str, Any]:
+    """A saved model's network config, refusing anything but ``cls``'s hyper-parameters.
+
+    The backbone must be a plain timm name (no ``hf-hub:`` or path) and its ``backbone_kwargs``
+    may only use :data:`ARCHITECTURE_KEYS` with plain values, so a downloaded model folder cannot
+    make loading read a local file or fetch anything.
+    """
+    what = "stpredict.models.load"
+    if not isinstance(config, dict):
+        raise ValueError(f"{what}: 'config' in {where!r} is a {type(config).__name__}; expected an object.")
+    unknown = sorted(set(config) - _init_keywords(cls))
+    if unknown:
+        raise ValueError(
+            f"{what}: {where!r} config key {unknown[0]!r} is refused: "
+            f"not a hyper-parameter of {cls.__name__}."
+        )
+    backbone = config.get("backbone")
+    if backbone is not None and (not isinstance(backbone, str) or not _PLAIN_NAME.match(backbone)):
+        raise ValueError(
+            f"{what}: {where!r} backbone {backbone!r} is refused: a saved model names a timm architecture "
+            "(letters, digits, '_', '-', '.'), not a hub id, path or URL."
+        )
+    kwargs = config.get("backbone_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(
+            f"{what}: {where!r} backbone_kwargs is a {type(kwargs).__name__}; expected an object."
+        )
+    for key, value in kwargs.items():
+        if key not in ARCHITECTURE_KEYS:
+            raise ValueError(
+                f"{what}: {where!r} backbone_kwargs key {key!r} is refused; a saved model may only set "
+                f"architecture keys ({', '.join(sorted(ARCHITECTURE_KEYS))})."
+            )
+        if not _plain_value(value):
+            raise ValueError(
+                f"{what}: {where!r} backbone_kwargs[{key!r}] = {value!r} is refused: not a plain value."
+            )
+    return dict(config)
 
 
 def _check_safetensors(file: Path) -> None:
@@ -161,10 +286,15 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> STPre
     genes = meta["genes"]
     _check_safetensors(path / MODEL_FILE)
     _check_safetensors(path / BANK_FILE)
+    _check_files(path, meta, what)
 
     # weights come from the file: never download or read backbone weights again
-    config = {**meta["config"], "pretrained": False, "weights_path": None}
     cls = METHODS[method]
+    config = {
+        **check_config(meta["config"], cls, str(path / CONFIG_FILE)),
+        "pretrained": False,
+        "weights_path": None,
+    }
     try:
         module = cls(len(genes), **config)
     except TypeError as err:

@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import sparse
 
 from stpredict._logging import logger
+from stpredict._validation import check_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -189,8 +190,8 @@ def normalize(
 
     X, name = _counts_of(adata, layer, fn="normalize")
     check_counts(X, name=name)
-    if key_added is not None and not isinstance(key_added, str):
-        raise TypeError(f"normalize: `key_added` must be a string or None, got {type(key_added).__name__}.")
+    if key_added is not None:
+        check_key(key_added, what="normalize: `key_added`")
     totals = _row_totals(X)
     if target_sum is None:
         target_sum = _median_total(totals)

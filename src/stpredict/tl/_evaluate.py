@@ -10,6 +10,7 @@ import pandas as pd
 
 from stpredict import metrics
 from stpredict._logging import logger
+from stpredict._validation import check_key
 
 from ._keys import WRITTEN_BY, _table, get_prediction, is_stpredict_entry
 
@@ -144,8 +145,7 @@ def evaluate(
         )
     table = _table(adata, key)
     target = key if key_added is None else key_added
-    if not isinstance(target, str) or not target:
-        raise TypeError(f"`key_added` must be a non-empty string or None, got {key_added!r}.")
+    check_key(target, what="evaluate: `key_added`")
 
     # spots without truth (all NaN) are left out
     has_truth = truth.notna().any(axis=1).to_numpy()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict._logging import logger
-from stpredict._validation import is_spatialdata, spatialdata_table
+from stpredict._validation import check_key, is_spatialdata, spatialdata_table
 
 from ._fit import gene_indices, last_model, resolve_device
 from ._keys import WRITTEN_BY, check_key_writable, is_stpredict_entry
@@ -199,8 +199,7 @@ def predict(
     from stpredict.retrieval import retrieve
 
     # ---- validate the input and the arguments before loading the model or computing anything
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"predict: `key_added` must be a non-empty string, got {key_added!r}.")
+    check_key(key_added, what="predict: `key_added`")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"predict: `batch_size` must be a positive integer, got {batch_size!r}.")
     if weighting is not None and weighting not in _WEIGHTINGS:
