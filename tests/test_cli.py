@@ -9,7 +9,7 @@ import pytest
 
 import stpredict as stp
 from stpredict.cli import main
-from stpredict.tl._keys import get_prediction
+from stpredict.get import prediction as get_prediction
 
 
 def test_help_lists_subcommands(capsys):

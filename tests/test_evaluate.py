@@ -1,4 +1,4 @@
-"""stp.tl.evaluate and the result-key reader/writer policy (stpredict.tl._keys)."""
+"""stp.tl.evaluate and the result-key reader/writer policy (stpredict.get and stpredict.tl._results)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from _predicted import make_predicted
 
+from stpredict.get import prediction as get_prediction
 from stpredict.tl._evaluate import evaluate
-from stpredict.tl._keys import check_key_writable, get_prediction
+from stpredict.tl._results import check_key_writable
 
 # Two slides of 5 spots x 3 genes. lib0 is the hand-worked example of test_metrics.py:
 #   r = (0.8, -1, 0 [constant]); totals A 15, B 3, C 10; variances A 2, B 0.24, C 0

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from stpredict.get import prediction as get_prediction
 
 import stpredict as stp
 from stpredict.tl import _fit
-from stpredict.tl._keys import get_prediction
 
 N_GENES = 30
 FIT = {"preset": "tiny", "epochs": 2, "seed": 0, "progress": False, "device": "cpu"}

@@ -5,7 +5,7 @@ import pytest
 
 import stpredict as stp
 from stpredict.datasets._published import concat_sections
-from stpredict.tl._keys import get_prediction
+from stpredict.get import prediction as get_prediction
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -21,6 +21,7 @@ _SUBMODULES = (
     "pp",
     "tl",
     "pl",
+    "get",
     "io",
     "datasets",
     "models",
@@ -32,7 +33,7 @@ _SUBMODULES = (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import baselines, data, datasets, io, metrics, models, pl, pp, retrieval, tl, train
+    from . import baselines, data, datasets, get, io, metrics, models, pl, pp, retrieval, tl, train
 
 __all__ = ["settings", "__version__", *_SUBMODULES]
 

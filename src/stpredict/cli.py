@@ -81,15 +81,18 @@ def _add_random_baseline(test, model, k: int, seed: int, key: str = "stpredict")
     """Write k random bank spots averaged (the floor of any retrieval model) under ``_BASELINE_KEY``."""
     import pandas as pd
 
+    from stpredict._constants import truth_key
     from stpredict.baselines import random_retrieval
+    from stpredict.tl._results import entry, write_inplace
 
     pred = random_retrieval(model.bank["expression"], test.n_obs, k=k, seed=seed)
-    test.obsm[_BASELINE_KEY] = pd.DataFrame(pred, index=test.obs_names, columns=pd.Index(model.genes))
-    test.obsm[f"{_BASELINE_KEY}_truth"] = test.obsm[f"{key}_truth"].copy()
-    test.uns[_BASELINE_KEY] = {
-        "written_by": "stpredict",
-        "params": {"method": "random_retrieval", "k": int(k), "seed": int(seed)},
-    }
+    write_inplace(
+        test,
+        pd.DataFrame(pred, index=test.obs_names, columns=pd.Index(model.genes)),
+        test.obsm[truth_key(key)].copy(),
+        _BASELINE_KEY,
+        entry({"method": "random_retrieval", "k": int(k), "seed": int(seed)}),
+    )
 
 
 def _summary(res) -> dict[str, float]:

@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ._device import resolve_device
+
 __all__ = [
     "RetrievalResult",
     "aggregate",
@@ -53,46 +55,6 @@ class RetrievalResult:
     indices: np.ndarray
     similarities: np.ndarray
     distances: np.ndarray
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """Turn a device name into a :class:`torch.device`.
-
-    Parameters
-    ----------
-    device
-        A torch device or its name. ``"auto"`` picks CUDA, then Apple MPS, then CPU; ``None``
-        means CPU.
-
-    Returns
-    -------
-    The torch device.
-
-    Examples
-    --------
-    >>> from stpredict.retrieval import resolve_device
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}.")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(
-            f"device {device!r} is not a valid torch device (e.g. 'cpu', 'cuda', 'auto')."
-        ) from err
 
 
 def _as_matrix(x, name: str) -> torch.Tensor:

@@ -123,7 +123,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"No checkpoint at {file}; train with checkpoint_dir={str(file.parent)!r} first, "
             "or pass resume=False."
         )
-    ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{file} could not be read as a stpredict checkpoint with weights_only=True "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). It was not written by "
+            "stpredict or is damaged; delete it, or start without resume=True."
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != _CKPT_FORMAT:
         raise ValueError(f"{file} is not a stpredict training checkpoint (format {_CKPT_FORMAT}).")
     return ckpt

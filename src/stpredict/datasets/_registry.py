@@ -173,6 +173,17 @@ def fetch(file: RemoteFile, *, progress: bool = True) -> Path:
             path=target.parent,
             progressbar=_progressbar(progress),
         )
+    except OSError as err:  # requests' ConnectionError / Timeout / HTTPError are OSErrors
+        mirror = settings.datasets_url
+        where = (
+            f"the mirror STPREDICT_DATASETS_URL={mirror!r} (stp.settings.datasets_url)"
+            if mirror
+            else "the public URL (set STPREDICT_DATASETS_URL to use a mirror)"
+        )
+        raise ConnectionError(
+            f"Could not download {file.key!r} from {url} ({type(err).__name__}: {err}); check the network "
+            f"or {where}. Files already in {settings.datasetdir} are used without a download."
+        ) from err
     except ValueError as err:
         if file.sha256 is None or "hash" not in str(err).lower():
             raise

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stpredict._device import resolve_device
+
 from ._encoders import build_image_encoder
 from ._layers import ProjectionHead
 
@@ -199,16 +201,6 @@ class ContrastiveModule(RetrievalModule):
             )
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 def _to_tensor(patches: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Normalise uint8 patches ``(n, S, S, 3)`` → float32 ``[n, 3, S, S]`` (via the data layer)."""
     try:
@@ -367,7 +359,7 @@ class STPredictModel:
                 f"STPredictModel.embed_images: patches have dtype {patches.dtype} and shape {patches.shape}; "
                 f"expected uint8 (n, {size}, {size}, 3) (model.patch['size']={size})."
             )
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         self.module.to(dev)
         out = np.empty((len(patches), self.embedding_dim), dtype=np.float32)
         with _eval_mode(self.module), torch.inference_mode():
@@ -419,7 +411,7 @@ class STPredictModel:
                     f"STPredictModel.embed_expression: coords has shape {coords.shape}; "
                     f"expected ({len(expression)}, 2)."
                 )
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         self.module.to(dev)
         step = self.module.eval_set_size or batch_size
         out = np.empty((len(expression), self.embedding_dim), dtype=np.float32)

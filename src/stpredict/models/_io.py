@@ -242,8 +242,10 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> STPre
     from safetensors.numpy import load_file as load_numpy
     from safetensors.torch import load_file as load_torch
 
+    from stpredict._device import resolve_device
+
     from . import METHODS
-    from ._base import STPredictModel, _resolve_device
+    from ._base import STPredictModel
 
     path = Path(path)
     what = "stpredict.models.load"
@@ -351,6 +353,6 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> STPre
     )
     if bank is not None:
         model.bank = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in bank.items()}
-    module.to(_resolve_device(device)).eval()
+    module.to(resolve_device(device)).eval()
     logger.info(f"loaded {method} model from {path}")
     return model

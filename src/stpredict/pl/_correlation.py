@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stpredict._logging import logger
+from stpredict.get import prediction as get_prediction
+from stpredict.get import results_table
 from stpredict.metrics import hvg_genes
-from stpredict.tl._keys import _table, get_prediction
 
 from ._utils import check_genes, finish, make_axes, select_library
 
@@ -107,7 +108,7 @@ def gene_correlation(
     >>> fig = stp.pl.gene_correlation(adata, n_genes=20, show=False)  # doctest: +SKIP
     """
     pred, truth = get_prediction(adata, key)
-    table = _table(adata, key)
+    table = results_table(adata, key)
     library_id, mask = select_library(
         table, pred.index, library_id, library_key=library_key, what=_WHAT, first_if_many=False
     )

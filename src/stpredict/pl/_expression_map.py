@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stpredict.get import prediction as get_prediction
+from stpredict.get import results_table
 from stpredict.metrics import pearson_per_gene
-from stpredict.tl._keys import _table, get_prediction
 
 from ._utils import check_genes, finish, make_axes, select_library
 
@@ -203,7 +204,7 @@ def expression_map(
     if not isinstance(ncols, int | np.integer) or ncols < 1:
         raise ValueError(f"{_WHAT}: `ncols` must be a positive integer, got {ncols!r}.")
     pred, truth = get_prediction(adata, key)
-    table = _table(adata, key)
+    table = results_table(adata, key)
     genes = check_genes(genes, pred.columns, key=key, what=_WHAT)
     if "spatial" not in table.obsm:
         raise KeyError(

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stpredict.get import prediction as get_prediction
+from stpredict.get import results_table
 from stpredict.metrics import pearson_per_gene
-from stpredict.tl._keys import _table, get_prediction
 
 from ._utils import check_genes, finish, make_axes, select_library
 
@@ -75,7 +76,7 @@ def expression_profile(
             f"{_WHAT}: no true expression next to the predictions under {key!r} "
             f"(expected obsm[{key + '_truth'!r}] or layers['truth'])."
         )
-    table = _table(adata, key)
+    table = results_table(adata, key)
     genes = list(pred.columns) if genes is None else check_genes(genes, pred.columns, key=key, what=_WHAT)
     _, mask = select_library(
         table, pred.index, library_id, library_key=library_key, what=_WHAT, first_if_many=False

@@ -216,16 +216,9 @@ def _subset(adata: AnnData, mask: np.ndarray, library_key: str) -> AnnData:
 
 def _arrays_adata(pred: np.ndarray, truth: pd.DataFrame, libraries: pd.Series) -> AnnData:
     """A minimal ``copy=True``-style result so baselines go through :func:`stp.tl.evaluate`."""
-    import anndata as ad
+    from ._results import arrays_result
 
-    out = ad.AnnData(
-        X=np.asarray(pred, dtype=np.float32),
-        obs=pd.DataFrame({"library_id": libraries.astype(str).to_numpy()}, index=truth.index.astype(str)),
-        var=pd.DataFrame(index=truth.columns.astype(str)),
-    )
-    out.layers["truth"] = truth.to_numpy(dtype=np.float32)
-    out.uns[_KEY] = {"written_by": "stpredict", "params": {"copy": True}}
-    return out
+    return arrays_result(pred, truth, libraries, _KEY, {})
 
 
 def _evaluate(adata: AnnData, sets: dict[str, Any], n_genes: int, label: str, fold: int) -> pd.DataFrame:
@@ -399,9 +392,9 @@ def cross_validate(
     """
     from stpredict import pp
     from stpredict.baselines import ImageFeatureKNN, ImageFeatureRidge, oracle_retrieval, random_retrieval
+    from stpredict.get import prediction as get_prediction
 
     from ._fit import fit
-    from ._keys import get_prediction
     from ._predict import predict
 
     # ---------------------------------------------------------------- validation (nothing runs yet)

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from stpredict import metrics
+from stpredict._constants import WRITTEN_BY
 from stpredict._logging import logger
 from stpredict._validation import check_key
-
-from ._keys import WRITTEN_BY, _table, get_prediction, is_stpredict_entry
+from stpredict.get import is_stpredict_entry, results_table
+from stpredict.get import prediction as get_prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -143,7 +144,7 @@ def evaluate(
             f"No true expression next to the predictions under {key!r} (expected obsm[{key + '_truth'!r}] "
             "or layers['truth']): predict on data with counts for the model's genes to evaluate."
         )
-    table = _table(adata, key)
+    table = results_table(adata, key)
     target = key if key_added is None else key_added
     check_key(target, what="evaluate: `key_added`")
 

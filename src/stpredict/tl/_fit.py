@@ -52,11 +52,9 @@ def _check_float(value: Any, name: str, *, positive: bool = True) -> float | Non
 
 
 def resolve_device(device: str | None) -> str:
-    """``"auto"`` (or ``None``) → ``stp.settings.device`` → CUDA, then MPS, then CPU."""
-    from stpredict.retrieval import resolve_device as _resolve
+    """The device name :func:`fit` and :func:`predict` use (see :func:`stpredict._device.resolve_device`)."""
+    from stpredict._device import resolve_device as _resolve
 
-    if device is None or device == "auto":
-        device = settings.device
     return str(_resolve(device))
 
 
@@ -389,6 +387,7 @@ def _expression(sd, genes, n_top_genes: int, library_key: str) -> tuple[list[str
 
     from stpredict.pp import normalize_matrix, select_genes
 
+    _check_some_counts(sd, library_key)
     counts_view = ad.AnnData(
         X=sd.counts,
         obs=pd.DataFrame({library_key: pd.Categorical(sd.library_ids)}, index=sd.obs_names),
@@ -406,6 +405,18 @@ def _expression(sd, genes, n_top_genes: int, library_key: str) -> tuple[list[str
         f"({how}), normalised to {target_sum:.0f} counts + log1p"
     )
     return list(gene_list), expression, target_sum
+
+
+def _check_some_counts(sd, library_key: str) -> None:
+    """Every slide has counts: all-zero expression (wrong layer, a normalised-away matrix) is named."""
+    totals = np.asarray(sd.counts.sum(axis=1)).ravel()
+    libs = np.asarray(sd.library_ids)
+    empty = [lib for lib in sd.libraries if not (totals[libs == lib] > 0).any()]
+    if empty:
+        raise ValueError(
+            f"fit: the counts of slide(s) {empty} ({library_key!r}) are all zero; expected raw counts in X "
+            "(or in the layer given as `layer=`)."
+        )
 
 
 def _restore_best(module, result, epochs: int, checkpoint_dir) -> None:

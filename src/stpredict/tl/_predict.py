@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from stpredict._constants import WEIGHTINGS
 from stpredict._logging import logger
 from stpredict._validation import check_key, is_spatialdata, spatialdata_table
+from stpredict.get import is_stpredict_entry
 
 from ._fit import gene_indices, last_model, resolve_device
-from ._keys import WRITTEN_BY, check_key_writable, is_stpredict_entry
+from ._results import add_table, as_anndata, check_key_writable, entry, write_inplace
+from ._results import own_libraries as own_libraries  # re-exported for the CLI demo
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -21,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from stpredict.models import STPredictModel
 
-_WEIGHTINGS = ("mean", "inverse_distance2", "softmax")
+_WEIGHTINGS = WEIGHTINGS
 
 
 def _resolve_model(model: Any) -> STPredictModel:
@@ -275,16 +278,16 @@ def predict(
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
-    entry = {"written_by": WRITTEN_BY, "params": params}
+    result_entry = entry(params)
     libs = ", ".join(map(str, sd.libraries))
     if copy or sdata_out:
-        out = _as_anndata(table, sd, pred_df, truth_df, key_added, entry)
+        out = as_anndata(table, sd, pred_df, truth_df, key_added, result_entry)
         if sdata_out:
-            return _add_table(data, table, out, key_added, libs)
+            return add_table(data, table, out, key_added, libs)
         logger.info(f"predict: {len(obs_names)} spots x {len(model.genes)} genes from {libs} → new AnnData")
         return out
 
-    _write(table, pred_df, truth_df, key_added, entry)
+    write_inplace(table, pred_df, truth_df, key_added, result_entry)
     logger.info(
         f"predict: {len(obs_names)} spots x {len(model.genes)} genes from {libs} → obsm[{key_added!r}]"
         + (f", obsm[{key_added + '_truth'!r}]" if truth is not None else "")
@@ -311,69 +314,3 @@ def _retrieval_settings(model, k, weighting) -> tuple[int, str]:
     if k > n_bank:
         raise ValueError(f"predict: k={k} is larger than the model's reference bank ({n_bank} spots).")
     return int(k), model.retrieval.get("weighting", "mean") if weighting is None else weighting
-
-
-def _write(adata: AnnData, pred: pd.DataFrame, truth: pd.DataFrame | None, key: str, entry: dict) -> None:
-    """Write results into ``adata`` in place (keys already checked)."""
-    truth_key = f"{key}_truth"
-    for container in (adata.obsm, adata.layers):
-        for name in (key, truth_key):
-            if name in container:
-                del container[name]
-    pred = pred.reindex(adata.obs_names)
-    adata.obsm[key] = pred
-    if truth is not None:
-        adata.obsm[truth_key] = truth.reindex(adata.obs_names)
-    var = pd.Index(adata.var_names.astype(str))
-    if len(var) == len(pred.columns) and set(var) == set(pred.columns):
-        adata.layers[key] = pred.loc[:, var].to_numpy(dtype=np.float32)
-    adata.uns[key] = entry
-
-
-def _as_anndata(table, sd, pred, truth, key, entry) -> AnnData:
-    """A new AnnData with the prediction as ``X`` (the ``copy=True`` layout)."""
-    import anndata as ad
-
-    obs = table.obs.loc[pred.index].copy() if table is not None else pd.DataFrame(index=pred.index)
-    for col in obs.columns:  # a subset keeps every slide's categories; plots then see "several libraries"
-        if isinstance(obs[col].dtype, pd.CategoricalDtype):
-            obs[col] = obs[col].cat.remove_unused_categories()
-    out = ad.AnnData(X=pred.to_numpy(dtype=np.float32), obs=obs, var=pd.DataFrame(index=pred.columns.copy()))
-    if truth is not None:
-        out.layers["truth"] = truth.to_numpy(dtype=np.float32)
-    pos = table.obs_names.get_indexer(pred.index)
-    if "spatial" in table.obsm:
-        out.obsm["spatial"] = np.asarray(table.obsm["spatial"])[pos].copy()
-    else:
-        out.obsm["spatial"] = np.asarray(sd.centers, dtype=np.float64).copy()
-    if "spatial" in table.uns:
-        out.uns["spatial"] = own_libraries(table.uns["spatial"], sd.libraries)
-    out.uns[key] = dict(entry, params=dict(entry["params"], copy=True))
-    return out
-
-
-def own_libraries(spatial: dict, libraries) -> dict:
-    """``uns["spatial"]`` restricted to ``libraries`` (all of it when none of them is a key)."""
-    keep = {str(lib) for lib in libraries}
-    own = {lib: entry for lib, entry in spatial.items() if str(lib) in keep}
-    return own or dict(spatial)
-
-
-def _add_table(sdata, table, out, key: str, libs: str) -> None:
-    """Add ``out`` as ``sdata.tables[key]``, annotating the same shapes as the input ``table``."""
-    from spatialdata.models import TableModel, get_table_keys
-
-    region, region_key, instance_key = get_table_keys(table)
-    for col in (region_key, instance_key):
-        out.obs[col] = table.obs.loc[out.obs_names, col].to_numpy()
-    if isinstance(table.obs[region_key].dtype, pd.CategoricalDtype):
-        out.obs[region_key] = pd.Categorical(
-            out.obs[region_key], categories=table.obs[region_key].cat.categories
-        )
-    out.uns.pop("spatialdata_attrs", None)
-    out = TableModel.parse(out, region=region, region_key=region_key, instance_key=instance_key)
-    if key in sdata.tables:
-        del sdata.tables[key]
-    sdata.tables[key] = out
-    logger.info(f"predict: {out.n_obs} spots x {out.n_vars} genes from {libs} → SpatialData table {key!r}")
-    return None

@@ -1,20 +1,24 @@
-"""Reading and writing the result keys of :func:`stpredict.tl.predict` (see docs/design.md)."""
+"""Reading what stpredict wrote: the one public reader of the results contract (``stp.get``).
+
+Every plot and :func:`stpredict.tl.evaluate` read predictions through :func:`prediction`; the
+layouts it understands are described in docs/design.md ("The results contract").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from stpredict._logging import logger
+from stpredict._constants import DEFAULT_KEY, TRUTH_LAYER, WRITTEN_BY
+from stpredict._constants import truth_key as _truth_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-WRITTEN_BY = "stpredict"
-_WHERE = ("obsm", "layers", "uns")
+__all__ = ["is_stpredict_entry", "prediction", "results_table"]
 
 
 def _check_key(key: Any) -> str:
@@ -23,8 +27,20 @@ def _check_key(key: Any) -> str:
     return key
 
 
-def _table(data: Any, key: str) -> AnnData:
-    """The AnnData holding the results: ``data`` itself, or ``data.tables[key]`` for a SpatialData."""
+def results_table(data: Any, key: str = DEFAULT_KEY) -> AnnData:
+    """The AnnData holding the results: ``data`` itself, or ``data.tables[key]`` for a SpatialData.
+
+    Parameters
+    ----------
+    data
+        AnnData or SpatialData with predictions.
+    key
+        Key the predictions were written under.
+
+    Returns
+    -------
+    The AnnData (not a copy).
+    """
     tables = getattr(data, "tables", None)
     if tables is not None and not hasattr(data, "obsm"):
         if key not in tables:
@@ -70,7 +86,7 @@ def _to_frame(value: Any, adata: AnnData, *, what: str, columns: pd.Index | None
     return df.astype(np.float64)
 
 
-def get_prediction(data: Any, key: str = "stpredict") -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def prediction(data: Any, key: str = DEFAULT_KEY) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Read predicted (and true) expression written by :func:`stpredict.tl.predict`.
 
     The single reader of the result conventions (docs/design.md, "Writing results"), used by
@@ -101,17 +117,27 @@ def get_prediction(data: Any, key: str = "stpredict") -> tuple[pd.DataFrame, pd.
 
     Examples
     --------
-    >>> from stpredict.tl._keys import get_prediction
-    >>> pred, truth = get_prediction(adata, "stpredict")  # doctest: +SKIP
+    >>> import stpredict as stp
+    >>> adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=20)
+    >>> model = stp.tl.fit(
+    ...     adata[adata.obs["library_id"] == "slide0"].copy(), preset="tiny", epochs=1, progress=False
+    ... )
+    >>> test = adata[adata.obs["library_id"] == "slide1"].copy()
+    >>> stp.tl.predict(test, model, k=5, progress=False)
+    >>> pred, truth = stp.get.prediction(test)
+    >>> pred.shape == truth.shape
+    True
     """
     key = _check_key(key)
-    adata = _table(data, key)
-    truth_key = f"{key}_truth"
+    adata = results_table(data, key)
+    truth_key = _truth_key(key)
     truth = None
     if _is_copy(adata, key):
         pred = _to_frame(adata.X, adata, what="X", columns=adata.var_names)
-        if "truth" in adata.layers:
-            truth = _to_frame(adata.layers["truth"], adata, what="layers['truth']", columns=adata.var_names)
+        if TRUTH_LAYER in adata.layers:
+            truth = _to_frame(
+                adata.layers[TRUTH_LAYER], adata, what=f"layers[{TRUTH_LAYER!r}]", columns=adata.var_names
+            )
     elif key in adata.obsm:
         pred = _to_frame(adata.obsm[key], adata, what=f"obsm[{key!r}]")
         if truth_key in adata.obsm:
@@ -141,70 +167,3 @@ def get_prediction(data: Any, key: str = "stpredict") -> tuple[pd.DataFrame, pd.
             truth = truth.reindex(pred.index)
         truth = truth.loc[:, pred.columns]
     return pred, truth
-
-
-def check_key_writable(
-    adata: AnnData,
-    key: str,
-    *,
-    overwrite: bool = False,
-    where: Iterable[str] = _WHERE,
-) -> bool:
-    """Apply the overwrite policy for results written under ``key``.
-
-    Nothing under ``key`` yet: fine. Something there and ``uns[key]["written_by"] == "stpredict"``:
-    it will be replaced (logged as a warning). Something else there: a :class:`ValueError`, unless
-    ``overwrite=True`` (then replaced with a warning). Nothing is modified here.
-
-    Parameters
-    ----------
-    adata
-        The AnnData results will be written to.
-    key
-        Result key (``obsm[key]``, ``obsm[key + "_truth"]``, ``layers[key]``, ``uns[key]``).
-    overwrite
-        Replace entries under ``key`` that stpredict did not write.
-    where
-        Which attributes of ``adata`` to check (any of ``"obsm"``, ``"layers"``, ``"uns"``,
-        ``"obs"``, ``"var"``, ``"varm"``, ``"obsp"``).
-
-    Returns
-    -------
-    Whether something will be replaced.
-
-    Examples
-    --------
-    >>> import stpredict as stp
-    >>> from stpredict.tl._keys import check_key_writable
-    >>> adata = stp.datasets.synthetic(n_slides=1, n_spots_per_side=4, n_genes=8)
-    >>> check_key_writable(adata, "stpredict", overwrite=False)
-    False
-    """
-    key = _check_key(key)
-    if isinstance(where, str):
-        where = (where,)
-    where = tuple(where)
-    allowed = ("obsm", "layers", "uns", "obs", "var", "varm", "obsp")
-    bad = [w for w in where if w not in allowed]
-    if bad:
-        raise ValueError(f"`where` must name attributes among {allowed}, got {bad}.")
-
-    found = []
-    for attr in where:
-        container = getattr(adata, attr)
-        names = (key, f"{key}_truth") if attr in ("obsm", "layers") else (key,)
-        keys = container.columns if attr in ("obs", "var") else container.keys()
-        found += [f"{attr}[{name!r}]" for name in names if name in keys]
-    if not found:
-        return False
-    if is_stpredict_entry(adata, key):
-        logger.warning(f"Replacing earlier stpredict results under {key!r}: {', '.join(found)}.")
-        return True
-    if not overwrite:
-        raise ValueError(
-            f"Key {key!r} is already used by something stpredict did not write ({', '.join(found)}; "
-            f"uns[{key!r}]['written_by'] is not 'stpredict'). Pass another `key`, or `overwrite=True` "
-            "to replace it."
-        )
-    logger.warning(f"Overwriting {', '.join(found)} (overwrite=True).")
-    return True

@@ -1,0 +1,179 @@
+"""Writing results: the one writer of the results contract and its overwrite policy.
+
+:func:`stpredict.tl.predict`, :func:`stpredict.tl.cross_validate` and the command line write
+predictions only through these functions (key names from :mod:`stpredict._constants`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from stpredict._constants import TRUTH_LAYER, WRITTEN_BY, truth_key
+from stpredict._logging import logger
+from stpredict._validation import check_key
+from stpredict.get import is_stpredict_entry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
+_WHERE = ("obsm", "layers", "uns")
+
+
+def check_key_writable(
+    adata: AnnData,
+    key: str,
+    *,
+    overwrite: bool = False,
+    where: Iterable[str] = _WHERE,
+) -> bool:
+    """Apply the overwrite policy for results written under ``key``.
+
+    Nothing under ``key`` yet: fine. Something there and ``uns[key]["written_by"] == "stpredict"``:
+    it will be replaced (logged as a warning). Something else there: a :class:`ValueError`, unless
+    ``overwrite=True`` (then replaced with a warning). Nothing is modified here.
+
+    Parameters
+    ----------
+    adata
+        The AnnData results will be written to.
+    key
+        Result key (``obsm[key]``, ``obsm[key + "_truth"]``, ``layers[key]``, ``uns[key]``).
+    overwrite
+        Replace entries under ``key`` that stpredict did not write.
+    where
+        Which attributes of ``adata`` to check (any of ``"obsm"``, ``"layers"``, ``"uns"``,
+        ``"obs"``, ``"var"``, ``"varm"``, ``"obsp"``).
+
+    Returns
+    -------
+    Whether something will be replaced.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> from stpredict.tl._results import check_key_writable
+    >>> adata = stp.datasets.synthetic(n_slides=1, n_spots_per_side=4, n_genes=8)
+    >>> check_key_writable(adata, "stpredict", overwrite=False)
+    False
+    """
+    key = check_key(key, what="`key`")
+    if isinstance(where, str):
+        where = (where,)
+    where = tuple(where)
+    allowed = ("obsm", "layers", "uns", "obs", "var", "varm", "obsp")
+    bad = [w for w in where if w not in allowed]
+    if bad:
+        raise ValueError(f"`where` must name attributes among {allowed}, got {bad}.")
+
+    found = []
+    for attr in where:
+        container = getattr(adata, attr)
+        names = (key, truth_key(key)) if attr in ("obsm", "layers") else (key,)
+        keys = container.columns if attr in ("obs", "var") else container.keys()
+        found += [f"{attr}[{name!r}]" for name in names if name in keys]
+    if not found:
+        return False
+    if is_stpredict_entry(adata, key):
+        logger.warning(f"Replacing earlier stpredict results under {key!r}: {', '.join(found)}.")
+        return True
+    if not overwrite:
+        raise ValueError(
+            f"Key {key!r} is already used by something stpredict did not write ({', '.join(found)}; "
+            f"uns[{key!r}]['written_by'] is not 'stpredict'). Pass another `key`, or `overwrite=True` "
+            "to replace it."
+        )
+    logger.warning(f"Overwriting {', '.join(found)} (overwrite=True).")
+    return True
+
+
+def write_inplace(
+    adata: AnnData, pred: pd.DataFrame, truth: pd.DataFrame | None, key: str, entry: dict
+) -> None:
+    """Write results into ``adata`` in place (keys already checked)."""
+    truth_name = truth_key(key)
+    for container in (adata.obsm, adata.layers):
+        for name in (key, truth_name):
+            if name in container:
+                del container[name]
+    pred = pred.reindex(adata.obs_names)
+    adata.obsm[key] = pred
+    if truth is not None:
+        adata.obsm[truth_name] = truth.reindex(adata.obs_names)
+    var = pd.Index(adata.var_names.astype(str))
+    if len(var) == len(pred.columns) and set(var) == set(pred.columns):
+        adata.layers[key] = pred.loc[:, var].to_numpy(dtype=np.float32)
+    adata.uns[key] = entry
+
+
+def as_anndata(table, sd, pred, truth, key, entry) -> AnnData:
+    """A new AnnData with the prediction as ``X`` (the ``copy=True`` layout)."""
+    import anndata as ad
+
+    obs = table.obs.loc[pred.index].copy() if table is not None else pd.DataFrame(index=pred.index)
+    for col in obs.columns:  # a subset keeps every slide's categories; plots then see "several libraries"
+        if isinstance(obs[col].dtype, pd.CategoricalDtype):
+            obs[col] = obs[col].cat.remove_unused_categories()
+    out = ad.AnnData(X=pred.to_numpy(dtype=np.float32), obs=obs, var=pd.DataFrame(index=pred.columns.copy()))
+    if truth is not None:
+        out.layers[TRUTH_LAYER] = truth.to_numpy(dtype=np.float32)
+    pos = table.obs_names.get_indexer(pred.index)
+    if "spatial" in table.obsm:
+        out.obsm["spatial"] = np.asarray(table.obsm["spatial"])[pos].copy()
+    else:
+        out.obsm["spatial"] = np.asarray(sd.centers, dtype=np.float64).copy()
+    if "spatial" in table.uns:
+        out.uns["spatial"] = own_libraries(table.uns["spatial"], sd.libraries)
+    out.uns[key] = dict(entry, params=dict(entry["params"], copy=True))
+    return out
+
+
+def own_libraries(spatial: dict, libraries) -> dict:
+    """``uns["spatial"]`` restricted to ``libraries`` (all of it when none of them is a key)."""
+    keep = {str(lib) for lib in libraries}
+    own = {lib: entry for lib, entry in spatial.items() if str(lib) in keep}
+    return own or dict(spatial)
+
+
+def add_table(sdata, table, out, key: str, libs: str) -> None:
+    """Add ``out`` as ``sdata.tables[key]``, annotating the same shapes as the input ``table``."""
+    from spatialdata.models import TableModel, get_table_keys
+
+    region, region_key, instance_key = get_table_keys(table)
+    for col in (region_key, instance_key):
+        out.obs[col] = table.obs.loc[out.obs_names, col].to_numpy()
+    if isinstance(table.obs[region_key].dtype, pd.CategoricalDtype):
+        out.obs[region_key] = pd.Categorical(
+            out.obs[region_key], categories=table.obs[region_key].cat.categories
+        )
+    out.uns.pop("spatialdata_attrs", None)
+    out = TableModel.parse(out, region=region, region_key=region_key, instance_key=instance_key)
+    if key in sdata.tables:
+        del sdata.tables[key]
+    sdata.tables[key] = out
+    logger.info(f"predict: {out.n_obs} spots x {out.n_vars} genes from {libs} → SpatialData table {key!r}")
+    return None
+
+
+def entry(params: dict[str, Any]) -> dict[str, Any]:
+    """``uns[key]`` of a result: who wrote it and with which parameters."""
+    return {"written_by": WRITTEN_BY, "params": params}
+
+
+def arrays_result(
+    pred: np.ndarray, truth: pd.DataFrame, libraries: pd.Series, key: str, params: dict[str, Any]
+) -> AnnData:
+    """A ``copy=True``-layout AnnData from plain arrays (baselines in :func:`cross_validate`)."""
+    import anndata as ad
+
+    out = ad.AnnData(
+        X=np.asarray(pred, dtype=np.float32),
+        obs=pd.DataFrame({"library_id": libraries.astype(str).to_numpy()}, index=truth.index.astype(str)),
+        var=pd.DataFrame(index=truth.columns.astype(str)),
+    )
+    out.layers[TRUTH_LAYER] = truth.to_numpy(dtype=np.float32)
+    out.uns[key] = entry({**params, "copy": True})
+    return out
