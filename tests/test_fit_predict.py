@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from stpredict.get import prediction as get_prediction
 
 import stpredict as stp
+from stpredict.get import prediction as get_prediction
 from stpredict.tl import _fit
 
 N_GENES = 30
