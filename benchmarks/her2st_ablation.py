@@ -40,8 +40,8 @@ _STAGES: list[tuple[str, str, dict[str, Any]]] = [
     ("+stain_translate", "cnn64_lr1e-3_30ep", {"stain_jitter": 0.05, "translate": 0.25}),
     ("+tta", "+stain_translate", {"tta": True}),
     ("+val_pearson", "+tta", {"select_epoch": "val_pearson"}),
-    ("+60ep", "+val_pearson", {"epochs": 60}),
-    ("+lr3e-4", "+val_pearson", {"lr": 3e-4}),
+    ("+100ep", "+val_pearson", {"epochs": 100}),
+    ("+100ep_bs32", "+100ep", {"batch_size": 32}),
 ]
 
 

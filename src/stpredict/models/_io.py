@@ -222,7 +222,7 @@ def _check_safetensors(file: Path) -> None:
             (n,) = struct.unpack("<Q", raw)
             if n > size - 8:
                 raise ValueError(f"header length {n} exceeds the file size {size}")
-            header = json.loads(fh.read(n).decode("utf-8"))
+            header = json.loads(fh.read(n).rstrip(b" \x00").decode("utf-8"))  # padding varies by version
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
         end = max(
