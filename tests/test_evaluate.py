@@ -121,7 +121,8 @@ def test_check_key_writable_policy(caplog):
 def test_evaluate_by_hand():
     adata = _hand_adata()
     res = evaluate(adata, genes=("heg", "hvg", "all"), n_genes=2)
-    assert list(res.columns) == ["library_id", "gene_set", "gene", "pearson_r", "mse", "mae"]
+    metrics_ = ["pearson_r", "pooled_pearson_r", "mse", "mae", "spread_error_spearman"]
+    assert list(res.columns) == ["library_id", "gene_set", "gene", *metrics_]
     # per-slide gene sets chosen from that slide's truth
     assert _r(res, "lib0", "heg") == pytest.approx({"A": 0.8, "C": 0.0})
     assert _r(res, "lib0", "hvg") == pytest.approx({"A": 0.8, "B": -1.0})

@@ -83,15 +83,15 @@ def _add_random_baseline(test, model, k: int, seed: int, key: str = "stpredict")
 
     from stpredict._constants import truth_key
     from stpredict.baselines import random_retrieval
-    from stpredict.tl._results import entry, write_inplace
+    from stpredict.tl._results import Result, entry, write_inplace
 
     pred = random_retrieval(model.bank["expression"], test.n_obs, k=k, seed=seed)
-    write_inplace(
-        test,
+    result = Result(
         pd.DataFrame(pred, index=test.obs_names, columns=pd.Index(model.genes)),
         test.obsm[truth_key(key)].copy(),
-        _BASELINE_KEY,
-        entry({"method": "random_retrieval", "k": int(k), "seed": int(seed)}),
+    )
+    write_inplace(
+        test, result, _BASELINE_KEY, entry({"method": "random_retrieval", "k": int(k), "seed": int(seed)})
     )
 
 

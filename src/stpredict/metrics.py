@@ -121,6 +121,22 @@ def pearson_per_gene(truth: Any, pred: Any, *, nan_to: float | None = 0.0) -> np
     return _pearson_columns(t, p, nan_to)
 
 
+def spearman_per_gene(a: Any, b: Any) -> np.ndarray:
+    """Spearman correlation of each column of ``a`` with the same column of ``b`` (NaN if constant).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.metrics import spearman_per_gene
+    >>> spearman_per_gene(np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [5.0], [9.0]]))
+    array([1.])
+    """
+    from scipy.stats import rankdata
+
+    x, y = _pair(a, b)
+    return _pearson_columns(rankdata(x, axis=0), rankdata(y, axis=0), nan_to=None)
+
+
 def pearson_per_spot(truth: Any, pred: Any, *, nan_to: float | None = 0.0) -> np.ndarray:
     """Pearson correlation of each spot across genes.
 

@@ -49,12 +49,16 @@ class RetrievalResult:
     distances
         ``float32 (q, k)``, Euclidean distance between the un-normalised query and neighbour
         embeddings.
+    spread
+        ``float32 (q, G)``, the standard deviation of the neighbours' values around the
+        prediction, weighted like it (``None`` unless ``retrieve(..., spread=True)``).
     """
 
     prediction: np.ndarray
     indices: np.ndarray
     similarities: np.ndarray
     distances: np.ndarray
+    spread: np.ndarray | None = None
 
 
 def _as_matrix(x, name: str) -> torch.Tensor:
@@ -371,6 +375,43 @@ def aggregate(
     return out
 
 
+def ood_reference(similarities: np.ndarray) -> dict[str, float]:
+    """Median and robust scale of the mean top-k similarity of in-distribution queries.
+
+    Parameters
+    ----------
+    similarities
+        ``(n, k)`` similarities of in-distribution queries (e.g. the training spots' images) to
+        their neighbours.
+
+    Returns
+    -------
+    ``{"median": ..., "scale": ...}`` (scale: 1.4826 × the median absolute deviation, floored).
+    """
+    score = np.asarray(similarities, dtype=np.float64).mean(axis=1)
+    median = float(np.median(score))
+    scale = float(1.4826 * np.median(np.abs(score - median)))
+    return {"median": median, "scale": max(scale, 1e-3)}
+
+
+def ood_score(similarities: np.ndarray, reference: dict[str, float]) -> np.ndarray:
+    """How far below the in-distribution similarity a query's neighbours are, in robust z units.
+
+    ``(reference median − mean top-k similarity) / reference scale``: about 0 for spots like the
+    training spots, large for patches unlike anything in the bank (another tissue, stain, a
+    scanner artefact).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.retrieval import ood_score
+    >>> ood_score(np.array([[0.9, 0.8], [0.2, 0.1]]), {"median": 0.85, "scale": 0.05}).round(1)
+    array([ 0., 14.])
+    """
+    score = np.asarray(similarities, dtype=np.float64).mean(axis=1)
+    return ((reference["median"] - score) / reference["scale"]).astype(np.float32)
+
+
 def _neighbour_distances(
     q: torch.Tensor, keys: torch.Tensor, idx: np.ndarray, dev: torch.device
 ) -> np.ndarray:
@@ -399,6 +440,7 @@ def retrieve(
     temperature: float = 1.0,
     chunk_size: int = 2048,
     device: str | torch.device | None = None,
+    spread: bool = False,
 ) -> RetrievalResult:
     """Predict each query's values from its ``k`` most cosine-similar reference rows.
 
@@ -421,12 +463,15 @@ def retrieve(
     chunk_size
         Queries processed at once (bounds memory, see :func:`topk_cosine`).
     device
-        Where to compute; ``None``: the device of ``queries`` if it is a tensor, else CPU.
+        Where to compute; ``None``: the device of ``queries`` if it is a tensor, else
+        ``stp.settings.device``.
+    spread
+        Also return the weighted standard deviation of the neighbours' values (``spread``).
 
     Returns
     -------
-    A :class:`RetrievalResult` with ``prediction``, ``indices``, ``similarities`` and
-    ``distances`` as numpy arrays.
+    A :class:`RetrievalResult` with ``prediction``, ``indices``, ``similarities``,
+    ``distances`` (and ``spread``) as numpy arrays.
 
     Examples
     --------
@@ -452,13 +497,16 @@ def retrieve(
     dev = _default_device(device, queries)
     indices, sims = topk_cosine(q, r, k, chunk_size=chunk_size, device=dev)
     dists = _neighbour_distances(q, r, indices, dev)
-    pred = aggregate(
-        vals,
-        indices,
-        weighting=weighting,
-        similarities=sims,
-        distances=dists,
-        temperature=temperature,
-        device=dev,
-    )
-    return RetrievalResult(prediction=pred, indices=indices, similarities=sims, distances=dists)
+    kw = {
+        "weighting": weighting,
+        "similarities": sims,
+        "distances": dists,
+        "temperature": temperature,
+        "device": dev,
+    }
+    pred = aggregate(vals, indices, **kw)
+    std = None
+    if spread:  # sqrt(E_w[x²] − E_w[x]²), gathered block by block like the prediction
+        second = aggregate(vals * vals, indices, **kw)
+        std = np.sqrt(np.maximum(second - pred.astype(np.float64) ** 2, 0.0)).astype(np.float32)
+    return RetrievalResult(prediction=pred, indices=indices, similarities=sims, distances=dists, spread=std)

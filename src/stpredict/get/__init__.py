@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 
 from stpredict._constants import DEFAULT_KEY, TRUTH_LAYER, WRITTEN_BY
+from stpredict._constants import ood_key as _ood_key
+from stpredict._constants import std_key as _std_key
 from stpredict._constants import truth_key as _truth_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-__all__ = ["is_stpredict_entry", "prediction", "results_table"]
+__all__ = ["is_stpredict_entry", "ood", "prediction", "results_table", "spread"]
 
 
 def _check_key(key: Any) -> str:
@@ -167,3 +169,38 @@ def prediction(data: Any, key: str = DEFAULT_KEY) -> tuple[pd.DataFrame, pd.Data
             truth = truth.reindex(pred.index)
         truth = truth.loc[:, pred.columns]
     return pred, truth
+
+
+def spread(data: Any, key: str = DEFAULT_KEY) -> pd.DataFrame | None:
+    """The per-spot, per-gene spread of the retrieved spots written by ``predict(uncertainty=True)``.
+
+    Parameters
+    ----------
+    data
+        AnnData (or SpatialData) with predictions.
+    key
+        Key the predictions were written under.
+
+    Returns
+    -------
+    DataFrame (spots × genes, aligned with :func:`prediction`), or ``None`` when none was written.
+    """
+    adata = results_table(data, key)
+    name = _std_key(key)
+    pred, _ = prediction(data, key)
+    if _is_copy(adata, key):
+        if name not in adata.layers:
+            return None
+        return _to_frame(adata.layers[name], adata, what=f"layers[{name!r}]", columns=adata.var_names).loc[
+            :, pred.columns
+        ]
+    if name not in adata.obsm:
+        return None
+    return _to_frame(adata.obsm[name], adata, what=f"obsm[{name!r}]").reindex(pred.index).loc[:, pred.columns]
+
+
+def ood(data: Any, key: str = DEFAULT_KEY) -> pd.Series | None:
+    """The per-spot out-of-distribution score written by ``predict(uncertainty=True)`` (or ``None``)."""
+    adata = results_table(data, key)
+    name = _ood_key(key)
+    return adata.obs[name].astype(float) if name in adata.obs else None

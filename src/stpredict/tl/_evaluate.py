@@ -12,14 +12,23 @@ from stpredict import metrics
 from stpredict._constants import WRITTEN_BY
 from stpredict._logging import logger
 from stpredict._validation import check_key
-from stpredict.get import is_stpredict_entry, results_table
+from stpredict.get import is_stpredict_entry, results_table, spread
 from stpredict.get import prediction as get_prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
 _NAMED_SETS = ("heg", "hvg", "all")
-COLUMNS = ["library_id", "gene_set", "gene", "pearson_r", "mse", "mae"]
+COLUMNS = [
+    "library_id",
+    "gene_set",
+    "gene",
+    "pearson_r",
+    "pooled_pearson_r",
+    "mse",
+    "mae",
+    "spread_error_spearman",
+]
 
 
 def _parse_gene_sets(genes: Any) -> dict[str, str | list[str]]:
@@ -71,6 +80,77 @@ def _libraries(adata: AnnData, obs_names: pd.Index, library_key: str | None) -> 
     return adata.obs[library_key].reindex(obs_names).astype(str)
 
 
+def _per_gene(
+    truth: pd.DataFrame, pred: pd.DataFrame, std: pd.DataFrame | None, nan_to
+) -> dict[str, np.ndarray]:
+    """Per-gene metrics over one slide's spots."""
+    t, p = truth.to_numpy(), pred.to_numpy()
+    out = {
+        "pearson_r": metrics.pearson_per_gene(t, p, nan_to=nan_to),
+        "mse": metrics.mse_per_gene(t, p),
+        "mae": metrics.mae_per_gene(t, p),
+        "spread_error_spearman": np.full(t.shape[1], np.nan),
+    }
+    if std is not None:
+        out["spread_error_spearman"] = metrics.spearman_per_gene(
+            std.loc[:, pred.columns].to_numpy(), np.abs(p - t)
+        )
+    return out
+
+
+def _chosen(spec, expression: pd.DataFrame, n_genes: int, all_genes: pd.Index) -> list[str]:
+    if spec == "heg":
+        return metrics.heg_genes(expression, n=n_genes)
+    if spec == "hvg":
+        return metrics.hvg_genes(expression, n=n_genes)
+    if spec == "all":
+        return list(all_genes)
+    return list(spec)
+
+
+def _reference_frame(reference: Any, genes: pd.Index) -> pd.DataFrame | None:
+    """Expression that chooses HEG / HVG instead of the evaluated slide's truth (test-blind sets)."""
+    if reference is None:
+        return None
+    if hasattr(reference, "bank") and hasattr(reference, "genes"):  # a fitted model: its training spots
+        if reference.bank is None:
+            raise ValueError("evaluate: `reference` is a model without a reference bank.")
+        reference = pd.DataFrame(reference.bank["expression"], columns=pd.Index(reference.genes))
+    if not isinstance(reference, pd.DataFrame):
+        raise TypeError(
+            "evaluate: `reference` must be a fitted model or a DataFrame (spots x genes), "
+            f"got {type(reference).__name__}."
+        )
+    missing = genes.difference(reference.columns)
+    if len(missing):
+        raise KeyError(
+            f"evaluate: `reference` lacks {len(missing)} predicted genes, e.g. {list(missing[:5])}."
+        )
+    return reference.loc[:, genes]
+
+
+def _set_summary(lib, name, per_gene, idx, truth: pd.DataFrame, pred: pd.DataFrame, nan_to) -> dict[str, Any]:
+    r = per_gene["pearson_r"][idx]
+    spot_r = metrics.pearson_per_spot(truth.to_numpy()[:, idx], pred.to_numpy()[:, idx], nan_to=nan_to)
+
+    def mean(values, fn=np.nanmean):
+        return float(fn(values)) if np.isfinite(values).any() else np.nan
+
+    return {
+        "library_id": lib,
+        "gene_set": name,
+        "n_genes": len(idx),
+        "n_spots": len(truth),
+        "mean_pearson_r": mean(r),
+        "median_pearson_r": mean(r, np.nanmedian),
+        "mean_pooled_pearson_r": mean(per_gene["pooled_pearson_r"][idx]),
+        "mean_mse": float(per_gene["mse"][idx].mean()),
+        "mean_mae": float(per_gene["mae"][idx].mean()),
+        "mean_spot_r": mean(spot_r),
+        "mean_spread_error_spearman": mean(per_gene["spread_error_spearman"][idx]),
+    }
+
+
 def evaluate(
     adata: AnnData,
     *,
@@ -80,6 +160,7 @@ def evaluate(
     library_key: str | None = "library_id",
     nan_to: float | None = 0.0,
     key_added: str | None = None,
+    reference: Any = None,
 ) -> pd.DataFrame:
     """Compare predicted with true expression, per slide and gene set.
 
@@ -112,11 +193,20 @@ def evaluate(
     key_added
         ``uns[key_added]["evaluation"]`` receives a summary; defaults to ``key``. Only written when
         ``uns[key_added]`` is stpredict's own entry (or does not exist yet).
+    reference
+        Choose ``"heg"`` / ``"hvg"`` from this expression instead of each evaluated slide's truth
+        (test-blind gene sets): a fitted model (its training spots, ``model.bank``) or a DataFrame
+        of normalised expression (spots × genes). ``None``: the papers' protocol, sets chosen on the
+        test slide's own truth.
 
     Returns
     -------
     Tidy DataFrame with one row per slide, set and gene: ``library_id``, ``gene_set``, ``gene``,
-    ``pearson_r``, ``mse``, ``mae``.
+    ``pearson_r`` (over that slide's spots), ``pooled_pearson_r`` (over the spots of every slide
+    together: papers mix the two up; pooled r is usually much higher), ``mse``, ``mae``, and
+    ``spread_error_spearman``: the Spearman correlation across spots between the predicted spread
+    (``obsm[key + "_std"]``) and the absolute error, positive when the spread flags the worse
+    predictions (NaN without a spread).
 
     The summary in ``uns[key_added]["evaluation"]`` holds ``"summary"`` (DataFrame: per slide and
     set ``n_genes``, ``mean_pearson_r``, ``median_pearson_r``, ``mean_mse``, ``mean_mae`` and
@@ -177,25 +267,18 @@ def evaluate(
     if n_genes > len(all_genes) and any(s in ("heg", "hvg") for s in resolved.values()):
         logger.info(f"evaluate: only {len(all_genes)} genes predicted; 'heg'/'hvg' use all of them.")
 
-    rows = []
-    summary = []
+    std = spread(adata, key)
+    pooled_r = metrics.pearson_per_gene(
+        truth.loc[has_truth].to_numpy(), pred.loc[has_truth].to_numpy(), nan_to=nan_to
+    )
+    ref_df = _reference_frame(reference, all_genes)
+    rows, summary = [], []
     for lib in pd.unique(libs[has_truth]):
         mask = (libs.to_numpy() == lib) & has_truth
-        t_df = truth.loc[mask]
-        p = pred.loc[mask].to_numpy()
-        t = t_df.to_numpy()
-        r_all = metrics.pearson_per_gene(t, p, nan_to=nan_to)
-        mse_all = metrics.mse_per_gene(t, p)
-        mae_all = metrics.mae_per_gene(t, p)
+        per_gene = _per_gene(truth.loc[mask], pred.loc[mask], None if std is None else std.loc[mask], nan_to)
+        per_gene["pooled_pearson_r"] = pooled_r
         for name, spec in resolved.items():
-            if spec == "heg":
-                chosen = metrics.heg_genes(t_df, n=n_genes)
-            elif spec == "hvg":
-                chosen = metrics.hvg_genes(t_df, n=n_genes)
-            elif spec == "all":
-                chosen = list(all_genes)
-            else:
-                chosen = spec
+            chosen = _chosen(spec, ref_df if ref_df is not None else truth.loc[mask], n_genes, all_genes)
             idx = all_genes.get_indexer(chosen)
             rows.append(
                 pd.DataFrame(
@@ -203,30 +286,11 @@ def evaluate(
                         "library_id": lib,
                         "gene_set": name,
                         "gene": chosen,
-                        "pearson_r": r_all[idx],
-                        "mse": mse_all[idx],
-                        "mae": mae_all[idx],
+                        **{c: v[idx] for c, v in per_gene.items()},
                     }
                 )
             )
-            spot_r = metrics.pearson_per_spot(t[:, idx], p[:, idx], nan_to=nan_to)
-            summary.append(
-                {
-                    "library_id": lib,
-                    "gene_set": name,
-                    "n_genes": len(idx),
-                    "n_spots": int(mask.sum()),
-                    "mean_pearson_r": float(np.nanmean(r_all[idx]))
-                    if np.isfinite(r_all[idx]).any()
-                    else np.nan,
-                    "median_pearson_r": float(np.nanmedian(r_all[idx]))
-                    if np.isfinite(r_all[idx]).any()
-                    else np.nan,
-                    "mean_mse": float(mse_all[idx].mean()),
-                    "mean_mae": float(mae_all[idx].mean()),
-                    "mean_spot_r": float(np.nanmean(spot_r)) if np.isfinite(spot_r).any() else np.nan,
-                }
-            )
+            summary.append(_set_summary(lib, name, per_gene, idx, truth.loc[mask], pred.loc[mask], nan_to))
 
     result = pd.concat(rows, ignore_index=True)[COLUMNS]
     summary_df = pd.DataFrame(summary)

@@ -485,5 +485,21 @@ def _fitted_model(
         coords=parts.coords,
         device=device,
     )
+    model.retrieval["ood_reference"] = _ood_reference(model, parts.central_patches(recipe.image_size), device)
     model.module.to("cpu")
     return model
+
+
+def _ood_reference(model: STPredictModel, patches: np.ndarray, device: str) -> dict[str, float]:
+    """The training spots' image-to-bank similarity (themselves left out): the OOD yardstick."""
+    from stpredict.retrieval import ood_reference, topk_cosine
+
+    keys = model.bank["embeddings"]
+    k = min(int(model.retrieval.get("k", 50)), len(keys) - 1)
+    if k < 1:
+        return {"median": 1.0, "scale": 1.0}
+    queries = model.embed_images(patches, device=device, progress=False)
+    idx, sims = topk_cosine(queries, keys, k + 1, device=device)
+    not_self = idx != np.arange(len(idx))[:, None]
+    rows = [s[m][:k] for s, m in zip(sims, not_self)]
+    return ood_reference(np.stack(rows))

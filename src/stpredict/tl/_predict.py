@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from stpredict._constants import WEIGHTINGS
+from stpredict._constants import WEIGHTINGS, ood_key, std_key, truth_key
 from stpredict._logging import logger
 from stpredict._validation import check_key, is_spatialdata, spatialdata_table
 from stpredict.get import is_stpredict_entry
 
 from ._fit import gene_indices, last_model, resolve_device
-from ._results import add_table, as_anndata, check_key_writable, entry, write_inplace
+from ._results import Result, add_table, as_anndata, check_key_writable, entry, write_inplace
 from ._results import own_libraries as own_libraries  # re-exported for the CLI demo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,6 +117,7 @@ def predict(
     library_key: str = "library_id",
     table_key: str | None = None,
     grid_spacing_um: float | None = None,
+    uncertainty: bool = True,
     progress: bool = True,
 ) -> AnnData | None:
     """Predict the expression of every spot from its H&E patch.
@@ -135,7 +136,13 @@ def predict(
       the bank (the model's ``target_sum``, then ``log1p``), when the input has counts for all of them;
     - ``layers[key_added]`` when the model's genes equal ``var_names`` (as a set);
     - ``uns[key_added] = {"written_by": "stpredict", "params": {...}}``: method, k, weighting, genes,
-      a summary of the model and a timestamp.
+      a summary of the model and a timestamp;
+    - with ``uncertainty`` (default): ``obsm[key_added + "_std"]``, per spot and gene the standard
+      deviation of the ``k`` retrieved spots' expression around the prediction (weighted like it),
+      and ``obs[key_added + "_ood"]``, an out-of-distribution score per spot: how much less similar
+      the spot's neighbours are than the training spots' own neighbours, in robust z units (about 0
+      for familiar tissue, large for patches unlike anything in the bank). In a ``copy=True`` result
+      the spread is ``layers[key_added + "_std"]`` and the score ``obs[key_added + "_ood"]``.
 
     An existing ``key_added`` written by stpredict is replaced with a warning; anything else under
     it raises unless ``overwrite=True``. Everything is validated before anything is written.
@@ -178,6 +185,8 @@ def predict(
         (:func:`stpredict.tl._grid.grid_spots`) instead of the input's spots, e.g. for an H&E image
         without spots. There is nothing to annotate in place then, so a new AnnData is returned,
         as with ``copy=True``.
+    uncertainty
+        Also write the spread of the retrieved spots and the out-of-distribution score (see above).
     progress
         Show progress bars.
 
@@ -199,7 +208,6 @@ def predict(
     """
     from stpredict.data import SpotData
     from stpredict.pp import normalize_matrix
-    from stpredict.retrieval import retrieve
 
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
@@ -244,25 +252,8 @@ def predict(
             missing = len(set(model.genes) - set(var))
             logger.info(f"predict: the data lacks {missing} of the model's genes; no truth written")
 
-    # ---- embed, retrieve
-    patches = sd.extract_patches(
-        patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]), progress=progress
-    )
-    queries = model.embed_images(patches, batch_size=int(batch_size), device=dev, progress=progress)
-    model.module.to("cpu")
-    result = retrieve(
-        queries,
-        model.bank["embeddings"],
-        model.bank["expression"],
-        int(k),
-        weighting=weighting,
-        temperature=float(model.retrieval.get("temperature", 1.0)),
-        device=dev,
-    )
-    prediction = result.prediction.astype(np.float32, copy=False)
-    pred_df = pd.DataFrame(prediction, index=obs_names, columns=pd.Index(model.genes))
-    truth_df = None if truth is None else pd.DataFrame(truth, index=obs_names, columns=pd.Index(model.genes))
-
+    # ---- embed, retrieve, write
+    result = _retrieve(model, sd, obs_names, truth, k, weighting, dev, batch_size, uncertainty, progress)
     params = _clean(
         {
             "method": model.method,
@@ -272,28 +263,72 @@ def predict(
             "n_spots": int(len(obs_names)),
             "library_key": library_key,
             "truth": truth is not None,
+            "uncertainty": result.std is not None,
+            "ood": result.ood is not None,
             "copy": bool(copy),
             "grid_spacing_um": None if not grid else float(grid_spacing_um),
             "model": _model_summary(model),
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
-    result_entry = entry(params)
-    libs = ", ".join(map(str, sd.libraries))
-    if copy or sdata_out:
-        out = as_anndata(table, sd, pred_df, truth_df, key_added, result_entry)
-        if sdata_out:
-            return add_table(data, table, out, key_added, libs)
-        logger.info(f"predict: {len(obs_names)} spots x {len(model.genes)} genes from {libs} → new AnnData")
-        return out
+    return _write_result(data, table, sd, result, key_added, entry(params), copy=copy, sdata_out=sdata_out)
 
-    write_inplace(table, pred_df, truth_df, key_added, result_entry)
-    logger.info(
-        f"predict: {len(obs_names)} spots x {len(model.genes)} genes from {libs} → obsm[{key_added!r}]"
-        + (f", obsm[{key_added + '_truth'!r}]" if truth is not None else "")
-        + (f", layers[{key_added!r}]" if key_added in table.layers else "")
-        + f", uns[{key_added!r}]"
+
+def _retrieve(model, sd, obs_names, truth, k, weighting, device, batch_size, uncertainty, progress) -> Result:
+    """Embed the spots' patches and retrieve their expression (and spread, OOD score) from the bank."""
+    from stpredict.retrieval import ood_score, retrieve
+
+    patches = sd.extract_patches(
+        patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]), progress=progress
     )
+    queries = model.embed_images(patches, batch_size=int(batch_size), device=device, progress=progress)
+    model.module.to("cpu")
+    found = retrieve(
+        queries,
+        model.bank["embeddings"],
+        model.bank["expression"],
+        int(k),
+        weighting=weighting,
+        temperature=float(model.retrieval.get("temperature", 1.0)),
+        device=device,
+        spread=uncertainty,
+    )
+    genes = pd.Index(model.genes)
+
+    def frame(values):
+        return (
+            None
+            if values is None
+            else pd.DataFrame(np.asarray(values, np.float32), index=obs_names, columns=genes)
+        )
+
+    reference = model.retrieval.get("ood_reference")
+    ood = None
+    if uncertainty and reference:
+        ood = pd.Series(ood_score(found.similarities, reference), index=obs_names)
+    elif uncertainty:
+        logger.info("predict: the model has no OOD reference (saved by an older stpredict); no OOD score")
+    return Result(frame(found.prediction), frame(truth), frame(found.spread), ood)
+
+
+def _write_result(
+    data, table, sd, result: Result, key: str, result_entry: dict, *, copy: bool, sdata_out: bool
+):
+    """In place, as a new AnnData, or as a new SpatialData table; log what went where."""
+    libs = ", ".join(map(str, sd.libraries))
+    n, g = result.prediction.shape
+    if copy or sdata_out:
+        out = as_anndata(table, sd, result, key, result_entry)
+        if sdata_out:
+            return add_table(data, table, out, key, libs)
+        logger.info(f"predict: {n} spots x {g} genes from {libs} → new AnnData")
+        return out
+    write_inplace(table, result, key, result_entry)
+    written = [f"obsm[{key!r}]"]
+    written += [f"obsm[{name!r}]" for name in (truth_key(key), std_key(key)) if name in table.obsm]
+    written += [f"layers[{key!r}]"] if key in table.layers else []
+    written += [f"obs[{ood_key(key)!r}]"] if ood_key(key) in table.obs else []
+    logger.info(f"predict: {n} spots x {g} genes from {libs} → {', '.join(written)}, uns[{key!r}]")
     return None
 
 

@@ -124,6 +124,15 @@ class DataParts:
     expression: np.ndarray
     coords: np.ndarray
     batch_sampler: Any
+    patches: np.ndarray
+    margin: int
+
+    def central_patches(self, size: int) -> np.ndarray:
+        """Every spot's patch at the model's size (the central crop when cut with a margin)."""
+        o = self.margin // 2
+        return (
+            np.ascontiguousarray(self.patches[:, o : o + size, o : o + size]) if self.margin else self.patches
+        )
 
     @property
     def n_train(self) -> int:
@@ -194,6 +203,8 @@ def build_datasets(
         expression=expression,
         coords=coords,
         batch_sampler=batch_sampler,
+        patches=patches,
+        margin=margin,
     )
 
 

@@ -7,12 +7,13 @@ predictions only through these functions (key names from :mod:`stpredict._consta
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from stpredict._constants import TRUTH_LAYER, WRITTEN_BY, truth_key
+from stpredict._constants import TRUTH_LAYER, WRITTEN_BY, ood_key, std_key, truth_key
 from stpredict._logging import logger
 from stpredict._validation import check_key
 from stpredict.get import is_stpredict_entry
@@ -20,7 +21,17 @@ from stpredict.get import is_stpredict_entry
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-_WHERE = ("obsm", "layers", "uns")
+_WHERE = ("obsm", "layers", "uns", "obs")
+
+
+@dataclass
+class Result:
+    """What one prediction writes: spots as rows (index ``obs_names``), genes as columns."""
+
+    prediction: pd.DataFrame
+    truth: pd.DataFrame | None = None
+    std: pd.DataFrame | None = None  # spread of the retrieved spots (uncertainty)
+    ood: pd.Series | None = None  # out-of-distribution score per spot
 
 
 def check_key_writable(
@@ -72,7 +83,11 @@ def check_key_writable(
     found = []
     for attr in where:
         container = getattr(adata, attr)
-        names = (key, truth_key(key)) if attr in ("obsm", "layers") else (key,)
+        names = {
+            "obsm": (key, truth_key(key), std_key(key)),
+            "layers": (key, truth_key(key), std_key(key)),
+            "obs": (ood_key(key),),
+        }.get(attr, (key,))
         keys = container.columns if attr in ("obs", "var") else container.keys()
         found += [f"{attr}[{name!r}]" for name in names if name in keys]
     if not found:
@@ -90,29 +105,32 @@ def check_key_writable(
     return True
 
 
-def write_inplace(
-    adata: AnnData, pred: pd.DataFrame, truth: pd.DataFrame | None, key: str, entry: dict
-) -> None:
+def write_inplace(adata: AnnData, result: Result, key: str, entry: dict) -> None:
     """Write results into ``adata`` in place (keys already checked)."""
-    truth_name = truth_key(key)
     for container in (adata.obsm, adata.layers):
-        for name in (key, truth_name):
+        for name in (key, truth_key(key), std_key(key)):
             if name in container:
                 del container[name]
-    pred = pred.reindex(adata.obs_names)
+    if ood_key(key) in adata.obs:
+        del adata.obs[ood_key(key)]
+    pred = result.prediction.reindex(adata.obs_names)
     adata.obsm[key] = pred
-    if truth is not None:
-        adata.obsm[truth_name] = truth.reindex(adata.obs_names)
+    for name, frame in ((truth_key(key), result.truth), (std_key(key), result.std)):
+        if frame is not None:
+            adata.obsm[name] = frame.reindex(adata.obs_names)
+    if result.ood is not None:
+        adata.obs[ood_key(key)] = result.ood.reindex(adata.obs_names).to_numpy(dtype=np.float32)
     var = pd.Index(adata.var_names.astype(str))
     if len(var) == len(pred.columns) and set(var) == set(pred.columns):
         adata.layers[key] = pred.loc[:, var].to_numpy(dtype=np.float32)
     adata.uns[key] = entry
 
 
-def as_anndata(table, sd, pred, truth, key, entry) -> AnnData:
+def as_anndata(table, sd, result: Result, key: str, entry: dict) -> AnnData:
     """A new AnnData with the prediction as ``X`` (the ``copy=True`` layout)."""
     import anndata as ad
 
+    pred, truth = result.prediction, result.truth
     obs = table.obs.loc[pred.index].copy() if table is not None else pd.DataFrame(index=pred.index)
     for col in obs.columns:  # a subset keeps every slide's categories; plots then see "several libraries"
         if isinstance(obs[col].dtype, pd.CategoricalDtype):
@@ -120,6 +138,10 @@ def as_anndata(table, sd, pred, truth, key, entry) -> AnnData:
     out = ad.AnnData(X=pred.to_numpy(dtype=np.float32), obs=obs, var=pd.DataFrame(index=pred.columns.copy()))
     if truth is not None:
         out.layers[TRUTH_LAYER] = truth.to_numpy(dtype=np.float32)
+    if result.std is not None:
+        out.layers[std_key(key)] = result.std.loc[pred.index, pred.columns].to_numpy(dtype=np.float32)
+    if result.ood is not None:
+        out.obs[ood_key(key)] = result.ood.reindex(pred.index).to_numpy(dtype=np.float32)
     pos = table.obs_names.get_indexer(pred.index)
     if "spatial" in table.obsm:
         out.obsm["spatial"] = np.asarray(table.obsm["spatial"])[pos].copy()
