@@ -183,6 +183,7 @@ def test_mob_download_verify_and_cache(mirror, cache):
     assert list(adata.obs["library_id"].cat.categories) == ["MOB1", "MOB2"]
     assert (adata.obs["library_id"] == "MOB1").sum() == 379
     assert set(adata.uns["spatial"]) == {"MOB1", "MOB2"}
+    assert set(adata.obs["patient"]) == {"animal1"}  # folds by animal: groups="patient"
     assert adata.obsm["spatial"].shape == (adata.n_obs, 2)
     assert adata.X.format == "csr"
     sf = adata.uns["spatial"]["MOB2"]["scalefactors"]

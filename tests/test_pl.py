@@ -341,3 +341,22 @@ def test_expression_map_on_synthetic_slide():
     assert offsets[:, 0].min() > 0
     assert offsets[:, 0].max() < width
     assert offsets[:, 1].max() < height
+
+
+def test_uncertainty_map_panels(tmp_path):
+    import stpredict as stp
+
+    adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=12, seed=1)
+    train = adata[adata.obs["library_id"] == "slide0"].copy()
+    test = adata[adata.obs["library_id"] == "slide1"].copy()
+    model = stp.tl.fit(train, preset="tiny", epochs=1, progress=False, device="cpu")
+    stp.tl.predict(test, model, k=5, progress=False)
+    fig = stp.pl.uncertainty_map(test, model.genes[:2], show=False, save=tmp_path / "u.png")
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert sum("spread" in t for t in titles) == 2
+    assert any("out-of-distribution" in t for t in titles)
+    assert (tmp_path / "u.png").stat().st_size > 1000
+    plain = test.copy()
+    stp.tl.predict(plain, model, k=5, key_added="p", uncertainty=False, progress=False)
+    with pytest.raises(KeyError, match="uncertainty=True"):
+        stp.pl.uncertainty_map(plain, model.genes[0], key="p", show=False)

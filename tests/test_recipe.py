@@ -104,3 +104,72 @@ def test_val_pearson_needs_validation_spots():
     defaults = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "image_size": 32}
     with pytest.raises(ValueError, match="val_fraction"):
         Recipe.resolve(defaults, {"select_epoch": "val_pearson", "val_fraction": 0.0}, max_epochs=None)
+
+
+# -- trust: spread and out-of-distribution score ----------------------------------------------------
+def test_predict_writes_spread_and_ood(adata):
+    from stpredict._constants import ood_key, std_key
+
+    model = stp.tl.fit(adata, **FIT)
+    test = adata.copy()
+    stp.tl.predict(test, model, k=5, progress=False)
+    std, ood = test.obsm[std_key("stpredict")], test.obs[ood_key("stpredict")]
+    assert std.shape == test.obsm["stpredict"].shape
+    assert list(std.columns) == model.genes
+    assert (std.to_numpy() >= 0).all()
+    assert np.isfinite(ood.to_numpy()).all()
+    out = stp.tl.predict(test, model, k=5, copy=True, key_added="c", progress=False)
+    assert out.layers[std_key("c")].shape == out.shape
+    assert ood_key("c") in out.obs
+    assert stp.get.spread(out, "c").shape == out.shape
+    none = adata.copy()
+    stp.tl.predict(none, model, k=5, uncertainty=False, progress=False)
+    assert std_key("stpredict") not in none.obsm
+    assert ood_key("stpredict") not in none.obs
+
+
+def test_spread_is_zero_for_identical_neighbours():
+    from stpredict.retrieval import retrieve
+
+    keys = np.random.default_rng(0).normal(size=(6, 4))
+    values = np.tile(np.array([[1.0, 2.0, 3.0]]), (6, 1))  # every bank spot has the same expression
+    res = retrieve(keys[:2], keys, values, 4, spread=True)
+    np.testing.assert_allclose(res.spread, 0.0, atol=1e-6)
+    values[:, 0] = np.arange(6)  # one gene varies: only its spread grows
+    res = retrieve(keys[:2], keys, values, 6, spread=True)
+    np.testing.assert_allclose(res.spread[:, 0], np.arange(6).std(), rtol=1e-5)
+    np.testing.assert_allclose(res.spread[:, 1:], 0.0, atol=1e-6)
+
+
+def test_ood_score_is_higher_for_unfamiliar_patches(adata):
+    model = stp.tl.fit(adata, **{**FIT, "epochs": 3})
+    from stpredict.retrieval import ood_score, topk_cosine
+
+    size = model.patch["size"]
+    from stpredict.data import SpotData
+
+    own = SpotData.from_object(adata).extract_patches(patch_size_um=112.0, size=size, progress=False)
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, own.shape, dtype=np.uint8)  # nothing like tissue
+    flat = np.zeros_like(own)  # black patches
+    ref = model.retrieval["ood_reference"]
+
+    def score(patches):
+        emb = model.embed_images(patches, progress=False)
+        _, sims = topk_cosine(emb, model.bank["embeddings"], 5)
+        return float(np.median(ood_score(sims, ref)))
+
+    assert score(noise) > score(own)
+    assert score(flat) > score(own)
+
+
+def test_grouped_folds_never_split_a_group():
+    from stpredict.tl._cv import _make_folds
+
+    groups = np.array(["A"] * 3 + ["B"] * 2 + ["C"] * 4 + ["D"] + ["E"] * 2 + ["F"] * 3)
+    for seed in range(5):
+        folds = _make_folds(groups, None, seed)
+        held = [g for fold in folds for g in fold]
+        assert sorted(held) == sorted(set(groups))  # each group held out exactly once
+        for fold in folds:
+            assert len(set(fold)) == len(fold)

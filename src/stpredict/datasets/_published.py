@@ -78,7 +78,10 @@ def _load(
     files_of: Callable[[str], dict[str, RemoteFile]],
     platform: str,
     progress: bool,
+    patient_of: Callable[[str], str],
 ) -> AnnData:
+    import pandas as pd
+
     from stpredict.io import read_legacy_st
 
     files = {s: files_of(s) for s in sections}  # validates every section before any download
@@ -91,6 +94,8 @@ def _load(
             )
         )
     adata = adatas[0] if len(adatas) == 1 else concat_sections(adatas)
+    # the patient (animal) of each section: folds by patient keep serial sections on one side
+    adata.obs["patient"] = pd.Categorical(adata.obs["library_id"].astype(str).map(patient_of))
     logger.info(f"{name}: {adata.n_obs} spots x {adata.n_vars} genes from sections {', '.join(sections)}")
     return adata
 
@@ -116,7 +121,9 @@ def her2st(sections: str | Sequence[str] = ("C2", "C3", "C4", "C5"), *, progress
     Returns
     -------
     AnnData in the Visium convention (see :func:`stpredict.io.read_legacy_st`) with
-    ``obs["library_id"]`` = section. Genes are the union over sections: a gene missing from a
+    ``obs["library_id"]`` = section and ``obs["patient"]`` = the section's first letter (use
+    ``stp.tl.cross_validate(..., groups="patient")`` so that serial sections of one patient never
+    sit on both sides of a fold). Genes are the union over sections: a gene missing from a
     section's counts file has zero counts in that section. Ready for :func:`stpredict.tl.fit`.
 
     Examples
@@ -126,7 +133,7 @@ def her2st(sections: str | Sequence[str] = ("C2", "C3", "C4", "C5"), *, progress
     >>> adata.obs["library_id"].value_counts()  # doctest: +SKIP
     """
     sections = _as_sections(sections, "her2st", HER2ST_SECTIONS)
-    return _load("her2st", sections, her2st_files, "1k", progress)
+    return _load("her2st", sections, her2st_files, "1k", progress, patient_of=lambda section: section[0])
 
 
 def mouse_olfactory_bulb(
@@ -158,4 +165,6 @@ def mouse_olfactory_bulb(
     >>> adata = stp.datasets.mouse_olfactory_bulb("MOB1")  # doctest: +SKIP
     """
     sections = _as_sections(sections, "mouse_olfactory_bulb", MOB_SECTIONS)
-    return _load("mouse_olfactory_bulb", sections, mob_files, "2k", progress)
+    # STUtility's MOB1/MOB2 come from one animal, MOB3/MOB4 from another
+    animal = {"MOB1": "animal1", "MOB2": "animal1", "MOB3": "animal2", "MOB4": "animal2"}
+    return _load("mouse_olfactory_bulb", sections, mob_files, "2k", progress, patient_of=animal.get)

@@ -10,5 +10,13 @@ from ._correlation import gene_correlation
 from ._expression_map import expression_map
 from ._history import training_history
 from ._profile import expression_profile
+from ._uncertainty import uncertainty_map
 
-__all__ = ["expression_map", "pcc_boxplot", "gene_correlation", "expression_profile", "training_history"]
+__all__ = [
+    "expression_map",
+    "uncertainty_map",
+    "pcc_boxplot",
+    "gene_correlation",
+    "expression_profile",
+    "training_history",
+]

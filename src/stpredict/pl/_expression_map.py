@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -127,6 +127,38 @@ def _draw(ax, values, xy_img, diameter_img, norm, cmap, image, bounds):
     return coll
 
 
+class SlideLayout(NamedTuple):
+    """Where one slide's spots are drawn: in the coordinates of the (cropped, resampled) image."""
+
+    library_id: str | None
+    mask: np.ndarray  # spots of the slide among the predictions
+    xy: np.ndarray  # their centres in image pixels
+    diameter: float  # spot diameter in image pixels
+    image: tuple[np.ndarray, tuple] | None  # pixels and imshow extent
+    bounds: tuple[tuple[float, float], tuple[float, float]]
+
+
+def slide_layout(table, index, library_id, library_key, img, img_key, spot_size, panel_size) -> SlideLayout:
+    """Choose the slide, place its spots on its image and cut the image to the figure's size."""
+    if "spatial" not in table.obsm:
+        raise KeyError(f"obsm['spatial'] (spot centres) is missing; available obsm: {list(table.obsm)}.")
+    library_id, mask = select_library(table, index, library_id, library_key=library_key, what=_WHAT)
+    image, scalef, scalefactors = _image_and_scale(table, library_id, img, img_key)
+    xy_full = np.asarray(table.obsm["spatial"], dtype=float)[table.obs_names.get_indexer(index)][mask]
+    diameter = _spot_diameter(xy_full, spot_size, scalefactors) * scalef
+    xy = xy_full * scalef
+    pad = diameter
+    bounds = ((xy[:, 0].min() - pad, xy[:, 0].max() + pad), (xy[:, 1].min() - pad, xy[:, 1].max() + pad))
+    return SlideLayout(
+        library_id, mask, xy, diameter, _image_for_panel(image, bounds, max(panel_size) * _dpi()), bounds
+    )
+
+
+def draw_values(ax, values: np.ndarray, layout: SlideLayout, norm, cmap):
+    """Spots coloured by ``values`` over the slide image."""
+    return _draw(ax, values, layout.xy, layout.diameter, norm, cmap, layout.image, layout.bounds)
+
+
 def expression_map(
     adata: AnnData,
     genes: str | Sequence[str],
@@ -206,20 +238,8 @@ def expression_map(
     pred, truth = get_prediction(adata, key)
     table = results_table(adata, key)
     genes = check_genes(genes, pred.columns, key=key, what=_WHAT)
-    if "spatial" not in table.obsm:
-        raise KeyError(
-            f"{_WHAT}: obsm['spatial'] (spot centres) is missing; available obsm: {list(table.obsm)}."
-        )
-    library_id, mask = select_library(table, pred.index, library_id, library_key=library_key, what=_WHAT)
-    image, scalef, scalefactors = _image_and_scale(table, library_id, img, img_key)
-
-    xy_full = np.asarray(table.obsm["spatial"], dtype=float)[table.obs_names.get_indexer(pred.index)][mask]
-    diameter = _spot_diameter(xy_full, spot_size, scalefactors) * scalef
-    xy = xy_full * scalef
-    pad = diameter
-    bounds = ((xy[:, 0].min() - pad, xy[:, 0].max() + pad), (xy[:, 1].min() - pad, xy[:, 1].max() + pad))
-
-    image = _image_for_panel(image, bounds, max(panel_size) * _dpi())
+    layout = slide_layout(table, pred.index, library_id, library_key, img, img_key, spot_size, panel_size)
+    library_id, mask, xy, diameter, image, bounds = layout
     p_sel = pred.loc[mask, genes].to_numpy()
     t_sel = truth.loc[mask, genes].to_numpy() if truth is not None else None
     r = pearson_per_gene(t_sel, p_sel, nan_to=None) if t_sel is not None else None
@@ -236,9 +256,9 @@ def expression_map(
         norm = Normalize(vmin=lo, vmax=hi)
         panel = axes[per_gene * i : per_gene * (i + 1)]
         if t_sel is not None:
-            _draw(panel[0], t_sel[:, i], xy, diameter, norm, cmap, image, bounds)
+            draw_values(panel[0], t_sel[:, i], layout, norm, cmap)
             panel[0].set_title(f"{gene} observed")
-        coll = _draw(panel[-1], p_sel[:, i], xy, diameter, norm, cmap, image, bounds)
+        coll = draw_values(panel[-1], p_sel[:, i], layout, norm, cmap)
         title = f"{gene} predicted" if r is None else f"{gene} predicted (r = {r[i]:.2f})"
         panel[-1].set_title(title)
         fig.colorbar(coll, ax=panel, shrink=0.8, label="log-normalised")
