@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._base import ContrastiveModule, _tower_config, _training_presets
+from ._base import CPU_IMAGE_TOWER, ContrastiveModule, _tower_config, _training_presets
 from ._layers import ProjectionHead
 from ._losses import soft_clip_loss
 
@@ -34,7 +34,8 @@ class BLEEP(ContrastiveModule):
 
     Presets: ``"paper"`` (ResNet-50 at 224 px; the authors start from ImageNet weights:
     pass ``pretrained=True`` (network) or ``weights_path=`` to do the same; the default is from
-    scratch), ``"cpu"`` (ResNet-18 at 112 px from scratch) and ``"tiny"`` (a ResNet with one
+    scratch), ``"cpu"`` (the shared CPU tower: a half-width ResNet-18 from scratch at 64 px, with the
+    CPU recipe of :data:`~stpredict.models._base.CPU_RECIPE`) and ``"tiny"`` (a ResNet with one
     narrow block per stage at 32 px, for tests). In-batch contrastive losses need large
     batches: users of the authors' code report collapse with small batches (see docs).
 
@@ -74,7 +75,7 @@ class BLEEP(ContrastiveModule):
     name: ClassVar[str] = "bleep"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"backbone": "resnet50", "backbone_kwargs": {}, "image_size": 224, "pretrained": False},
-        "cpu": {"backbone": "resnet18", "backbone_kwargs": {}, "image_size": 112, "pretrained": False},
+        "cpu": CPU_IMAGE_TOWER,
         "tiny": {
             "backbone": "resnet18",
             "backbone_kwargs": {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]},

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import _pool_tokens, _tower_config, _training_presets
+from ._base import CPU_IMAGE_TOWER, _pool_tokens, _tower_config, _training_presets
 from ._layers import CrossAttention, FusionBlock, SNNGeneTokens, feature_mask
 from ._losses import cmrcnet_total_loss, reconstruction_loss, soft_clip_loss
 from .bleep import _TRAINING, BLEEP
@@ -29,8 +29,9 @@ class CMRCNet(BLEEP):
     ``mean(log(1 + L_c)) + log(1 + L_r)``. Inference uses only the two embeddings.
 
     Presets: ``"paper"`` (authors' code), ``"paper-vitb"`` (the paper's ViT-B: depth 12, 12
-    heads), ``"cpu"`` (ViT-Tiny width 192, depth 4, patch 16 at 112 px: still 50 tokens; trains
-    in minutes on a few cores) and ``"tiny"`` (32 px, patch 8, width 32: 17 tokens, for tests).
+    heads), ``"cpu"`` (the shared CPU tower: a half-width ResNet-18 from scratch at 64 px, with the
+    CPU recipe of :data:`~stpredict.models._base.CPU_RECIPE`) and ``"tiny"`` (32 px, patch 8,
+    width 32: 17 tokens, for tests).
 
     Parameters
     ----------
@@ -86,7 +87,7 @@ class CMRCNet(BLEEP):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"backbone": "vit_base_patch32_224", "backbone_kwargs": {"depth": 8, "num_heads": 8}},
         "paper-vitb": {"backbone": "vit_base_patch32_224", "backbone_kwargs": {}},
-        "cpu": {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 4}, "image_size": 112},
+        "cpu": CPU_IMAGE_TOWER,
         "tiny": {
             "backbone": "vit_tiny_patch16_224",
             "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},

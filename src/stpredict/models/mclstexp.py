@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import ContrastiveModule, _tower_config, _training_presets
+from ._base import CPU_IMAGE_TOWER, ContrastiveModule, _tower_config, _training_presets
 from ._layers import ProjectionHead, SpotTransformerBlock
 from ._losses import info_nce_loss
 
@@ -40,7 +40,8 @@ class MclSTExp(ContrastiveModule):
 
     Presets: ``"paper"`` (DenseNet-121 at 224 px; the authors start from ImageNet weights:
     pass ``pretrained=True`` (network) or ``weights_path=`` to do the same; the default is from
-    scratch), ``"cpu"`` (DenseNet-121 at 112 px from scratch) and ``"tiny"`` (a one-layer-per-block
+    scratch), ``"cpu"`` (the shared CPU tower: a half-width ResNet-18 from scratch at 64 px, with the
+    CPU recipe of :data:`~stpredict.models._base.CPU_RECIPE`) and ``"tiny"`` (a one-layer-per-block
     DenseNet at 32 px, for tests).
 
     Parameters
@@ -82,7 +83,7 @@ class MclSTExp(ContrastiveModule):
     name: ClassVar[str] = "mclstexp"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"backbone": "densenet121", "backbone_kwargs": {}, "image_size": 224, "pretrained": False},
-        "cpu": {"backbone": "densenet121", "backbone_kwargs": {}, "image_size": 112, "pretrained": False},
+        "cpu": CPU_IMAGE_TOWER,
         "tiny": {
             "backbone": "densenet121",
             "backbone_kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1]},
