@@ -4,7 +4,7 @@ Every variant is a method plus keyword overrides of :func:`stpredict.tl.fit`. Ea
 (variant, seed) runs :func:`stpredict.tl.cross_validate` on the training sections only and appends
 one JSON line to ``<out>/<tag>.jsonl`` as soon as it finishes (so an interrupted ablation keeps
 what it measured). ``--report`` turns that file into the markdown table of ``docs/her2st.md``:
-mean ± std over seeds of the per-section HEG / HVG r averaged over folds.
+mean ± std over seeds (no ± with one seed) of the per-section HEG / HVG r averaged over folds.
 
 Examples
 --------
@@ -125,9 +125,10 @@ def report(path: Path) -> str:
     lines.append("|" + " --- |" * (len(sets) + 3))
     for label, row in agg.iterrows():
         cells = [
-            f"{row[f'{s}_mean']:.3f} ± {0 if pd.isna(row[f'{s}_std']) else row[f'{s}_std']:.3f}" for s in sets
+            f"{row[f'{s}_mean']:.3f}" + ("" if pd.isna(row[f"{s}_std"]) else f" ± {row[f'{s}_std']:.3f}")
+            for s in sets
         ]
-        fit_s = "" if pd.isna(row["fit_s"]) else f"{row['fit_s']:.0f}"
+        fit_s = "" if pd.isna(row["fit_s"]) or row["fit_s"] == 0 else f"{row['fit_s']:.0f}"
         lines.append(f"| {label} | {int(row['seeds'])} | " + " | ".join(cells) + f" | {fit_s} |")
     return "\n".join(lines)
 
