@@ -173,3 +173,10 @@ def test_grouped_folds_never_split_a_group():
         assert sorted(held) == sorted(set(groups))  # each group held out exactly once
         for fold in folds:
             assert len(set(fold)) == len(fold)
+
+
+def test_preset_val_pearson_falls_back_without_validation_spots():
+    defaults = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "image_size": 32}
+    defaults["select_epoch"] = "val_pearson"  # as in the cpu preset
+    assert Recipe.resolve(defaults, {"val_fraction": 0.0}, max_epochs=None).select_epoch == "val_loss"
+    assert Recipe.resolve(defaults, {}, max_epochs=None).select_epoch == "val_pearson"

@@ -164,6 +164,7 @@ CPU_RECIPE: dict[str, Any] = {
     "stain_jitter": 0.05,
     "translate": 0.25,
     "tta": True,
+    "select_epoch": "val_pearson",
 }
 
 

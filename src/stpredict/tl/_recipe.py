@@ -73,7 +73,10 @@ class Recipe:
             logger.warning(f"fit: {recipe.epochs} epochs capped to stp.settings.max_epochs={max_epochs}")
             recipe = cls(**{**asdict(recipe), "epochs": int(max_epochs)})
         if recipe.select_epoch == "val_pearson" and recipe.val_fraction == 0:
-            raise ValueError("fit: select_epoch='val_pearson' needs validation spots (val_fraction > 0).")
+            if "select_epoch" in given:
+                raise ValueError("fit: select_epoch='val_pearson' needs validation spots (val_fraction > 0).")
+            logger.info("fit: no validation spots (val_fraction=0): the epoch is chosen by the training loss")
+            recipe = cls(**{**asdict(recipe), "select_epoch": "val_loss"})
         return recipe
 
     def loop_kwargs(self) -> dict[str, Any]:
