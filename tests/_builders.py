@@ -112,3 +112,13 @@ def spatialdata_with_transform(
     sdata = SpatialData(images={"he": image}, shapes={"spots": shapes}, tables={"table": table})
     expected_px = np.column_stack([(xy[:, 0] - tx) / image_scale, (xy[:, 1] - ty) / image_scale])
     return sdata, expected_px, img
+
+
+def synthetic_split(n_genes: int, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
+    """Two 6 × 6-spot synthetic slides: ``slide0`` to train on, ``slide1`` to predict."""
+    import stpredict as stp
+
+    adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=n_genes, seed=seed)
+    train = adata[adata.obs["library_id"] == "slide0"].copy()
+    test = adata[adata.obs["library_id"] == "slide1"].copy()
+    return train, test

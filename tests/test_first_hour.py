@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from _builders import synthetic_split
 
 import stpredict as stp
 from stpredict._progress import PlainProgress, format_seconds, progress
@@ -18,10 +19,7 @@ FIT = {"preset": "tiny", "epochs": 1, "progress": False, "device": "cpu"}
 
 @pytest.fixture(scope="module")
 def slides():
-    adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=30, seed=5)
-    train = adata[adata.obs["library_id"] == "slide0"].copy()
-    test = adata[adata.obs["library_id"] == "slide1"].copy()
-    return train, test
+    return synthetic_split(30, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from _builders import synthetic_split
 
 import stpredict as stp
 from stpredict.get import prediction as get_prediction
@@ -18,10 +19,7 @@ FIT = {"preset": "tiny", "epochs": 2, "seed": 0, "progress": False, "device": "c
 
 @pytest.fixture(scope="module")
 def slides():
-    adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=N_GENES, seed=3)
-    train = adata[adata.obs["library_id"] == "slide0"].copy()
-    test = adata[adata.obs["library_id"] == "slide1"].copy()
-    return train, test
+    return synthetic_split(N_GENES, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def prediction(data: Any, key: str = DEFAULT_KEY) -> tuple[pd.DataFrame, pd.Data
     return pred, truth
 
 
-def spread(data: Any, key: str = DEFAULT_KEY) -> pd.DataFrame | None:
+def spread(data: Any, key: str = DEFAULT_KEY, *, like: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """The per-spot, per-gene spread of the retrieved spots written by ``predict(uncertainty=True)``.
 
     Parameters
@@ -180,6 +180,8 @@ def spread(data: Any, key: str = DEFAULT_KEY) -> pd.DataFrame | None:
         AnnData (or SpatialData) with predictions.
     key
         Key the predictions were written under.
+    like
+        The prediction already read with :func:`prediction` (saves reading it again).
 
     Returns
     -------
@@ -187,7 +189,7 @@ def spread(data: Any, key: str = DEFAULT_KEY) -> pd.DataFrame | None:
     """
     adata = results_table(data, key)
     name = _std_key(key)
-    pred, _ = prediction(data, key)
+    pred = prediction(data, key)[0] if like is None else like
     if _is_copy(adata, key):
         if name not in adata.layers:
             return None

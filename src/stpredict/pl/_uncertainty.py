@@ -82,7 +82,7 @@ def uncertainty_map(
     >>> fig = stp.pl.uncertainty_map(test, model.genes[0], show=False)
     """
     pred, _ = prediction(adata, key)
-    std = spread(adata, key)
+    std = spread(adata, key, like=pred)
     if std is None:
         raise KeyError(
             f"{_WHAT}: no spread under {key!r} (expected obsm[{std_key(key)!r}]); run "

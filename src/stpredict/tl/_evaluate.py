@@ -267,7 +267,7 @@ def evaluate(
     if n_genes > len(all_genes) and any(s in ("heg", "hvg") for s in resolved.values()):
         logger.info(f"evaluate: only {len(all_genes)} genes predicted; 'heg'/'hvg' use all of them.")
 
-    std = spread(adata, key)
+    std = spread(adata, key, like=pred)
     pooled_r = metrics.pearson_per_gene(
         truth.loc[has_truth].to_numpy(), pred.loc[has_truth].to_numpy(), nan_to=nan_to
     )

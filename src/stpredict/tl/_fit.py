@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -276,18 +276,18 @@ def fit(
     sd = SpotData.from_object(
         data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
     )
-    gene_list, expression, target_sum = _expression(sd, genes, n_top_genes, library_key)
+    expr = _expression(sd, genes, n_top_genes, library_key)
 
     # ---- 3. network and recipe
     import torch
 
     torch.manual_seed(seed)
-    module = cls(len(gene_list), **config)
+    module = cls(len(expr.genes), **config)
     recipe = Recipe.resolve(module.training_defaults, overrides, max_epochs=settings.max_epochs)
 
     # ---- 4. patches, split, datasets
     data_parts = build_datasets(
-        sd, expression, module, recipe, patch_size_um=patch_size_um, seed=seed, progress=progress
+        sd, expr.values, module, recipe, patch_size_um=patch_size_um, seed=seed, progress=progress
     )
     logger.info(
         f"fit: training {method} ({preset!r} preset) on {data_parts.n_train} spots, validating on "
@@ -299,8 +299,8 @@ def fit(
     fingerprint = {
         "method": method,
         "config": config,
-        "genes": list(gene_list),
-        "target_sum": target_sum,
+        "genes": list(expr.genes),
+        "target_sum": expr.target_sum,
         "patch_size_um": patch_size_um,
         "image_size": recipe.image_size,
         "recipe": recipe.fingerprint(),
@@ -329,9 +329,7 @@ def fit(
         method,
         module,
         sd,
-        gene_list,
-        expression,
-        target_sum,
+        expr,
         patch_size_um,
         recipe,
         result,
@@ -380,8 +378,16 @@ def _network_config(method, preset, device, image_size, pretrained, weights_path
     return cls, config, preset
 
 
-def _expression(sd, genes, n_top_genes: int, library_key: str) -> tuple[list[str], np.ndarray, float]:
-    """Chosen genes, their log-normalised expression (float32) and the normalisation's target sum."""
+class _Expression(NamedTuple):
+    """The chosen genes, their log-normalised expression (float32) and the normalisation's target sum."""
+
+    genes: list[str]
+    values: np.ndarray
+    target_sum: float
+
+
+def _expression(sd, genes, n_top_genes: int, library_key: str) -> _Expression:
+    """Choose the genes and normalise their counts (``normalize_total`` to the median, ``log1p``)."""
     import anndata as ad
     import pandas as pd
 
@@ -404,7 +410,7 @@ def _expression(sd, genes, n_top_genes: int, library_key: str) -> tuple[list[str
         f"fit: {len(sd.obs_names)} spots from {len(sd.libraries)} slide(s), {len(gene_list)} genes "
         f"({how}), normalised to {target_sum:.0f} counts + log1p"
     )
-    return list(gene_list), expression, target_sum
+    return _Expression(list(gene_list), expression, target_sum)
 
 
 def _check_some_counts(sd, library_key: str) -> None:
@@ -439,9 +445,7 @@ def _fitted_model(
     method,
     module,
     sd,
-    gene_list,
-    expression,
-    target_sum,
+    expr: _Expression,
     patch_size_um,
     recipe,
     result,
@@ -459,8 +463,8 @@ def _fitted_model(
     model = STPredictModel(
         method,
         module,
-        genes=gene_list,
-        normalization={"target_sum": target_sum, "log1p": True},
+        genes=expr.genes,
+        normalization={"target_sum": expr.target_sum, "log1p": True},
         patch={"patch_size_um": patch_size_um, "size": recipe.image_size, "tta": recipe.tta},
         history=result.history,
         training={
@@ -479,7 +483,7 @@ def _fitted_model(
         },
     )
     model.set_bank(
-        expression,
+        expr.values,
         library_id=np.asarray(sd.library_ids).astype(str),
         obs_names=np.asarray(sd.obs_names).astype(str),
         coords=parts.coords,
