@@ -88,7 +88,7 @@ def test_get_prediction_missing_key_lists_obsm():
     adata = make_predicted(n_libraries=1, n_side=3, n_genes=4)
     with pytest.raises(KeyError, match=r"'other'.*spatial"):
         get_prediction(adata, "other")
-    with pytest.raises(TypeError, match="non-empty string"):
+    with pytest.raises(ValueError, match="not a valid key"):
         get_prediction(adata, "")
 
 

@@ -180,3 +180,48 @@ def test_unreachable_mirror_names_the_setting(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match="STPREDICT_DATASETS_URL") as info:
         stp.datasets.mouse_olfactory_bulb(sections="MOB1", progress=False)
     assert "MOB1" in str(info.value)
+
+
+# -- one validation module, one message style ------------------------------------------------
+
+_WRONG_TYPE_AND_VALUE = [
+    # (call, wrong type, wrong value)
+    ("retrieval k", lambda k: stp.retrieval.topk_cosine(np.ones((2, 3)), np.ones((4, 3)), k), 2.5, 0),
+    ("baseline k", lambda k: stp.baselines.random_retrieval(np.ones((4, 2)), 2, k=k), "3", 9),
+    ("chunk", lambda c: stp.retrieval.topk_cosine(np.ones((2, 3)), np.ones((4, 3)), 1, chunk_size=c), 1.0, 0),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "bad_type", "bad_value"), _WRONG_TYPE_AND_VALUE)
+def test_wrong_type_is_typeerror_wrong_value_is_valueerror(name, call, bad_type, bad_value):
+    with pytest.raises(TypeError, match=r"must be an integer >= 1, got"):
+        call(bad_type)
+    with pytest.raises(ValueError, match=r"must be .*, got"):
+        call(bad_value)
+
+
+def test_fit_arguments_use_the_shared_checks(adata):
+    with pytest.raises(TypeError, match=r"fit: `epochs` must be an integer >= 1, got '3'"):
+        stp.tl.fit(adata, preset="tiny", epochs="3", progress=False)
+    with pytest.raises(ValueError, match=r"fit: `lr` must be a finite positive number, got -1"):
+        stp.tl.fit(adata, preset="tiny", lr=-1.0, progress=False)
+    with pytest.raises(TypeError, match=r"fit: `lr` must be a positive number, got True"):
+        stp.tl.fit(adata, preset="tiny", lr=True, progress=False)
+
+
+def test_input_checks_live_in_the_validation_module():
+    """Argument checks are `stpredict._validation`'s; only checks that guard a file format
+    (models/_io), the results-writing policy (tl/_results) or tensor shapes inside torch modules
+    stay with what they protect."""
+    import re
+    from pathlib import Path
+
+    src = Path(stp.__file__).parent
+    allowed = {"_validation.py", "models/_io.py", "tl/_results.py", "models/_losses.py", "models/_base.py"}
+    found = []
+    for path in src.rglob("*.py"):
+        rel = path.relative_to(src).as_posix()
+        for match in re.finditer(r"^\s*def (_?check_\w+)\(", path.read_text(), flags=re.M):
+            if rel not in allowed and match.group(1) != "check_counts":  # stp.pp.check_counts is public API
+                found.append(f"{rel}: {match.group(1)}")
+    assert not found, found

@@ -271,7 +271,7 @@ def test_batch_sampler_and_set_epoch():
 
 
 def test_argument_validation():
-    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+    with pytest.raises(ValueError, match="`epochs` must be an integer >= 1"):
         _fit(epochs=0)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         _fit(optimizer="sgd")

@@ -1,9 +1,16 @@
-"""Shared input checks. Each raises a clear error naming the object, the key and the expectation."""
+"""Every input check of the package, in one message style.
+
+Each check names the object or argument (``what``), says what was expected and what was given:
+``"{what} must be <expected>, got <value>."``. A value of the wrong *type* raises
+:class:`TypeError`; a value of the right type but out of range or of the wrong shape raises
+:class:`ValueError`. torch is imported only by the checks that take tensors.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,7 +97,12 @@ def _check_float_range(array: Any, *, what: str) -> None:
         h, w = array.shape[:2]
         y0, x0 = max(0, h // 2 - _RANGE_SAMPLE // 2), max(0, w // 2 - _RANGE_SAMPLE // 2)
         sample = np.asarray(array[y0 : y0 + _RANGE_SAMPLE, x0 : x0 + _RANGE_SAMPLE])
-    sample = np.asarray(sample, dtype=np.float64)
+    _check_unit_values(sample, what=what)
+
+
+def _check_unit_values(values: Any, *, what: str) -> None:
+    """Every value finite and in [0, 1] (0–255 named as such)."""
+    sample = np.asarray(values, dtype=np.float64)
     finite = sample[np.isfinite(sample)]
     if finite.size < sample.size:
         raise ValueError(f"{what} has NaN or infinite pixel values; expected floats in [0, 1].")
@@ -122,6 +134,88 @@ def check_positive(value: Any, *, what: str) -> float:
     if not np.isfinite(out) or out <= 0:
         raise ValueError(f"{what} must be a finite positive number, got {value!r}.")
     return out
+
+
+def check_int(value: Any, *, what: str, minimum: int = 1) -> int:
+    """An integer ``>= minimum`` (``bool`` is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{what} must be an integer >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_number(value: Any, *, what: str, positive: bool = True) -> float:
+    """A finite number, ``> 0`` (``positive``) or ``>= 0``."""
+    kind = "positive" if positive else "non-negative"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"{what} must be a {kind} number, got {value!r}.")
+    if not np.isfinite(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{what} must be a finite {kind} number, got {value!r}.")
+    return float(value)
+
+
+def check_k(k: Any, n_reference: int, *, what: str = "k") -> int:
+    """A number of neighbours: an integer in ``[1, n_reference]``."""
+    k = check_int(k, what=what)
+    if k > n_reference:
+        raise ValueError(f"{what} must be at most the number of reference spots ({n_reference}), got {k}.")
+    return k
+
+
+def check_matrix(x: Any, *, what: str, min_rows: int = 1) -> np.ndarray:
+    """A finite float32 ``(n, features)`` array, ``n >= min_rows`` (DataFrames, sparse matrices too)."""
+    if hasattr(x, "toarray"):
+        x = x.toarray()
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{what} must be a numeric array, got dtype {arr.dtype}.")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{what} must be real-valued, got dtype {arr.dtype}.")
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-d array (n, features), got shape {arr.shape}.")
+    if arr.shape[0] < min_rows:
+        raise ValueError(f"{what} must have at least {min_rows} row(s), got shape {arr.shape}.")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} must be finite, got NaN or infinite values.")
+    return arr
+
+
+def check_tensor_matrix(x: Any, *, what: str) -> Any:
+    """As :func:`check_matrix` (no rows allowed), for arrays or tensors → a float32 tensor (same device)."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        return torch.from_numpy(np.ascontiguousarray(check_matrix(x, what=what, min_rows=0)))
+    t = x.detach()
+    if t.is_complex():
+        raise TypeError(f"{what} must be real-valued, got dtype {t.dtype}.")
+    if t.ndim != 2:
+        raise ValueError(f"{what} must be a 2-d array (n, features), got shape {tuple(t.shape)}.")
+    t = t.to(torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} must be finite, got NaN or infinite values.")
+    return t
+
+
+def check_patches(patches: Any, *, what: str = "patches", floats: bool = False) -> np.ndarray:
+    """RGB patches ``(n, S, S, 3)`` as uint8.
+
+    With ``floats``, float patches in ``[0, 1]`` and RGBA patches are converted; otherwise only
+    uint8 RGB is accepted.
+    """
+    arr = np.asarray(patches)
+    channels = (3, 4) if floats else (3,)
+    if arr.ndim != 4 or arr.shape[-1] not in channels or arr.shape[1] < 3 or arr.shape[2] < 3:
+        raise ValueError(f"{what} must have shape (n, S, S, 3) with S >= 3, got {arr.shape}.")
+    if arr.dtype == np.uint8:
+        return arr[..., :3]
+    if floats and np.issubdtype(arr.dtype, np.floating):
+        _check_unit_values(arr, what=what)
+        return np.clip(np.round(arr[..., :3] * 255.0), 0, 255).astype(np.uint8)
+    expected = "uint8 (0..255) or float in [0, 1]" if floats else "uint8"
+    raise TypeError(f"{what} must be {expected}, got dtype {arr.dtype}.")
 
 
 def check_pair(value: Any, *, what: str) -> tuple[float, float]:
@@ -170,3 +264,51 @@ def spatialdata_table(sdata: Any, table_key: str | None, *, what: str = "sdata")
     elif table_key not in tables:
         raise KeyError(f"{what}.tables has no table {table_key!r}; available: {list(tables)}.")
     return table_key, tables[table_key]
+
+
+def check_genes(genes: Any, available: pd.Index, *, key: str, what: str) -> list[str]:
+    """A list of gene names, all predicted under ``key``."""
+    if isinstance(genes, str):
+        genes = [genes]
+    genes = [str(g) for g in genes]
+    if not genes:
+        raise ValueError(f"{what}: `genes` is empty.")
+    missing = [g for g in genes if g not in available]
+    if missing:
+        raise KeyError(
+            f"{what}: genes {missing[:10]} are not among the predictions under {key!r} "
+            f"({len(available)} genes, e.g. {list(available[:5])})."
+        )
+    return genes
+
+
+def check_frame(truth_df: Any, *, what: str) -> pd.DataFrame:
+    """Expression as a DataFrame (spots x genes)."""
+    if not isinstance(truth_df, pd.DataFrame):
+        raise TypeError(
+            f"{what}: `truth_df` must be a DataFrame (spots x genes, gene names as columns), "
+            f"got {type(truth_df).__name__}."
+        )
+    return truth_df
+
+
+def check_output_folder(path: Path, *, overwrite: bool, what: str) -> None:
+    """Refuse, before any work, an output that exists and may not be replaced."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{what} {path}: exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{what} {path}: folder exists and is not empty; add --overwrite to replace it."
+        )
+
+
+def check_some_counts(counts: Any, library_ids: Sequence[str], *, what: str, library_key: str) -> None:
+    """Every slide has some counts: all-zero expression (wrong layer, a normalised-away matrix) is named."""
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    libs = np.asarray(library_ids).astype(str)
+    empty = [lib for lib in pd.unique(libs) if not (totals[libs == lib] > 0).any()]
+    if empty:
+        raise ValueError(
+            f"{what}: the counts of slide(s) {empty} ({library_key!r}) are all zero; expected raw counts "
+            "in X (or in the layer given as `layer=`)."
+        )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from stpredict._logging import logger
+from stpredict._validation import check_k, check_matrix, check_patches
 from stpredict.data._stain import UNMIX, rgb_to_od
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,48 +39,6 @@ __all__ = [
 _QUANTILES = (0.1, 0.5, 0.9)
 _HIST_BINS = 8
 _DARK_THRESHOLDS = (0.3, 0.45)  # grey level (0..1) below which a pixel counts as "dark"
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-# --------------------------------------------------------------------------------------------
-def _as_matrix(x: Any, name: str) -> np.ndarray:
-    """A finite float32 2-d array (accepts DataFrames and sparse matrices)."""
-    if hasattr(x, "toarray"):
-        x = x.toarray()
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2:
-        raise ValueError(f"`{name}` must be a 2-d array (spots × features), got shape {arr.shape}.")
-    if arr.shape[0] == 0:
-        raise ValueError(f"`{name}` has no rows.")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
-    return arr
-
-
-def _check_k(k: Any, n_ref: int, name: str = "k") -> int:
-    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {k!r}.")
-    if k > n_ref:
-        raise ValueError(f"`{name}`={k} exceeds the number of reference spots ({n_ref}).")
-    return int(k)
-
-
-def _check_patches(patches: Any, name: str = "patches") -> np.ndarray:
-    arr = np.asarray(patches)
-    if arr.ndim != 4 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"`{name}` must have shape (n, S, S, 3), got {arr.shape}.")
-    if arr.shape[1] < 3 or arr.shape[2] < 3:
-        raise ValueError(f"`{name}` patches must be at least 3×3 pixels, got {arr.shape[1:3]}.")
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and np.nanmax(arr) <= 1.0:
-            arr = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
-        else:
-            raise TypeError(
-                f"`{name}` must be uint8 (0..255) or float in [0, 1], got dtype {arr.dtype} "
-                f"with maximum {np.nanmax(arr) if arr.size else 'n/a'}."
-            )
-    return arr[..., :3]
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,11 +82,11 @@ def random_retrieval(
     >>> random_retrieval(bank, 3, k=10).shape
     (3, 5)
     """
-    bank = _as_matrix(bank_expression, "bank_expression")
+    bank = check_matrix(bank_expression, what="bank_expression")
     if not isinstance(n_queries, int | np.integer) or isinstance(n_queries, bool) or n_queries < 0:
         raise ValueError(f"`n_queries` must be a non-negative integer, got {n_queries!r}.")
     r = bank.shape[0]
-    k = _check_k(k, r)
+    k = check_k(k, r)
     rng = np.random.default_rng(seed)
     # k distinct rows per query: the first k of a random permutation, drawn in chunks
     indices = np.empty((int(n_queries), k), dtype=np.int64)
@@ -156,8 +115,8 @@ def _bank_arrays(model: Any) -> tuple[np.ndarray, np.ndarray]:
             "`model.bank` must hold 'expression' and 'embeddings' arrays; "
             f"found {list(bank) if hasattr(bank, 'keys') else type(bank).__name__}."
         ) from err
-    return _as_matrix(expression, "model.bank['expression']"), _as_matrix(
-        embeddings, "model.bank['embeddings']"
+    return check_matrix(expression, what="model.bank['expression']"), check_matrix(
+        embeddings, what="model.bank['embeddings']"
     )
 
 
@@ -214,7 +173,7 @@ def oracle_retrieval(
     (128, 40)
     """
     bank_expr, bank_emb = _bank_arrays(model)
-    truth = _as_matrix(truth_expression, "truth_expression")
+    truth = check_matrix(truth_expression, what="truth_expression")
     if truth.shape[1] != bank_expr.shape[1]:
         raise ValueError(
             f"`truth_expression` has {truth.shape[1]} genes but the model's bank has "
@@ -226,7 +185,7 @@ def oracle_retrieval(
             raise ValueError(
                 f"`coords` must have shape ({truth.shape[0]}, 2) like `truth_expression`, got {coords.shape}."
             )
-    k = _check_k(k, bank_expr.shape[0])
+    k = check_k(k, bank_expr.shape[0])
     embed = getattr(model, "embed_expression", None)
     if not callable(embed):
         raise TypeError(f"`model` ({type(model).__name__}) has no `embed_expression` method.")
@@ -237,7 +196,7 @@ def oracle_retrieval(
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         options = {key: v for key, v in options.items() if key in params}  # e.g. a stub without them
     queries = embed(truth, coords=coords, **options)
-    queries = _as_matrix(queries, "model.embed_expression(...)")
+    queries = check_matrix(queries, what="model.embed_expression(...)")
     if queries.shape[1] != bank_emb.shape[1]:
         raise ValueError(
             f"Expression embeddings have {queries.shape[1]} dimensions but the bank embeddings have "
@@ -388,7 +347,7 @@ def image_features(
     """
     from stpredict._progress import progress as progress_bar
 
-    arr = _check_patches(patches)
+    arr = check_patches(patches, floats=True)
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     n_feat = len(image_feature_names())
@@ -436,7 +395,7 @@ def _features_or_patches(x: Any, name: str) -> np.ndarray:
     if arr.ndim == 4:
         return image_features(arr)
     if arr.ndim == 2:
-        return _as_matrix(arr, name)
+        return check_matrix(arr, what=name)
     raise ValueError(
         f"`{name}` must be patches (n, S, S, 3) or precomputed features (n, F), got shape {arr.shape}."
     )
@@ -447,7 +406,7 @@ class _FeatureModel:
 
     def _prepare_fit(self, train_patches: Any, train_expression: Any) -> tuple[np.ndarray, np.ndarray]:
         feats = _features_or_patches(train_patches, "train_patches")
-        expr = _as_matrix(train_expression, "train_expression")
+        expr = check_matrix(train_expression, what="train_expression")
         if feats.shape[0] != expr.shape[0]:
             raise ValueError(
                 f"`train_patches` ({feats.shape[0]} spots) and `train_expression` ({expr.shape[0]} spots) "
@@ -557,7 +516,7 @@ class ImageFeatureKNN(_FeatureModel):
         ``self``.
         """
         feats, expr = self._prepare_fit(train_patches, train_expression)
-        _check_k(self.k, len(expr))
+        check_k(self.k, len(expr), what="k")
         self.bank_features_ = self.scaler_.transform(feats)
         self.bank_expression_ = expr
         return self

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stpredict._logging import logger
+from stpredict._validation import check_output_folder
 
 _DATASETS = ("synthetic", "her2st", "mouse_olfactory_bulb")
 _METHODS = ("cmrcnet", "bleep", "mclstexp")
@@ -154,7 +155,7 @@ def demo(args: argparse.Namespace) -> int:
     import stpredict as stp
 
     out = Path(args.out)
-    _check_output_folder(out, overwrite=True, what="--out")
+    check_output_folder(out, overwrite=True, what="--out")
     progress = not args.no_progress
     train, test, trained_on, held_out = _split_last_slide(
         _load_dataset(args.dataset, args.seed, progress), args.dataset
@@ -217,22 +218,12 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _check_output_folder(path: Path, *, overwrite: bool, what: str) -> None:
-    """Refuse, before any work, an output that exists and may not be replaced."""
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{what} {path}: exists and is not a folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{what} {path}: folder exists and is not empty; add --overwrite to replace it."
-        )
-
-
 def fit(args: argparse.Namespace) -> int:
     """``stpredict fit DATA --out MODEL_DIR``."""
     import stpredict as stp
 
     out = Path(args.out)
-    _check_output_folder(out, overwrite=args.overwrite, what="--out")
+    check_output_folder(out, overwrite=args.overwrite, what="--out")
     data = read(args.data)
     model = stp.tl.fit(
         data,

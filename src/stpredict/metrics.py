@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stpredict._validation import check_frame
+
 __all__ = [
     "GENE_SETS",
     "pearson_per_gene",
@@ -223,15 +225,6 @@ def _top_genes(truth_df: pd.DataFrame, score: np.ndarray, n: int, what: str) -> 
     return order["gene"].iloc[: int(n)].tolist()
 
 
-def _check_frame(truth_df: Any, what: str) -> pd.DataFrame:
-    if not isinstance(truth_df, pd.DataFrame):
-        raise TypeError(
-            f"{what}: `truth_df` must be a DataFrame (spots x genes, gene names as columns), "
-            f"got {type(truth_df).__name__}."
-        )
-    return truth_df
-
-
 def heg_genes(truth_df: pd.DataFrame, n: int = 50) -> list[str]:
     """Highly expressed genes: the top ``n`` by total expression over the spots given.
 
@@ -257,7 +250,7 @@ def heg_genes(truth_df: pd.DataFrame, n: int = 50) -> list[str]:
     >>> heg_genes(df, n=3) == df.sum().sort_values(ascending=False).index[:3].tolist()
     True
     """
-    truth_df = _check_frame(truth_df, "heg_genes")
+    truth_df = check_frame(truth_df, what="heg_genes")
     return _top_genes(truth_df, truth_df.to_numpy(dtype=np.float64).sum(axis=0), n, "heg_genes")
 
 
@@ -283,5 +276,5 @@ def hvg_genes(truth_df: pd.DataFrame, n: int = 50) -> list[str]:
     >>> len(hvg_genes(adata.to_df(), n=5))
     5
     """
-    truth_df = _check_frame(truth_df, "hvg_genes")
+    truth_df = check_frame(truth_df, what="hvg_genes")
     return _top_genes(truth_df, truth_df.to_numpy(dtype=np.float64).var(axis=0), n, "hvg_genes")

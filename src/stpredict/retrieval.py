@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._device import resolve_device
+from ._validation import check_int, check_k, check_tensor_matrix
 
 __all__ = [
     "RetrievalResult",
@@ -59,42 +60,6 @@ class RetrievalResult:
     similarities: np.ndarray
     distances: np.ndarray
     spread: np.ndarray | None = None
-
-
-def _as_matrix(x, name: str) -> torch.Tensor:
-    """Validate a 2-D finite numeric array and return it as a float32 CPU-or-device tensor."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        arr = np.asarray(x)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}.")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, features), got shape {tuple(t.shape)}.")
-    if t.is_complex():
-        raise TypeError(f"{name} must be real-valued, got dtype {t.dtype}.")
-    t = t.to(torch.float32)
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    return t
-
-
-def _check_k(k, n_keys: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise TypeError(f"k must be an integer, got {k!r}.")
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}.")
-    if k > n_keys:
-        raise ValueError(f"k={k} is larger than the number of reference rows (keys has {n_keys} rows).")
-    return k
-
-
-def _check_chunk(chunk_size) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    return int(chunk_size)
 
 
 def _default_device(device, *tensors) -> torch.device:
@@ -178,17 +143,17 @@ def topk_cosine(
     >>> idx[:, 0]
     array([0, 1, 2])
     """
-    q = _as_matrix(queries, "queries")
-    r = _as_matrix(keys, "keys")
+    q = check_tensor_matrix(queries, what="queries")
+    r = check_tensor_matrix(keys, what="keys")
     if q.shape[1] != r.shape[1]:
         raise ValueError(
             f"queries have {q.shape[1]} features but keys have {r.shape[1]}; embedding dimensions must agree."
         )
     if r.shape[0] == 0:
         raise ValueError("keys is empty; need at least k reference rows.")
-    k = _check_k(k, r.shape[0])
-    chunk_size = _check_chunk(chunk_size)
-    key_chunk = _check_chunk(key_chunk_size)
+    k = check_k(k, r.shape[0], what="k")
+    chunk_size = check_int(chunk_size, what="chunk_size")
+    key_chunk = check_int(key_chunk_size, what="key_chunk_size")
     dev = _default_device(device, queries, keys)
 
     n_q = q.shape[0]
@@ -243,13 +208,13 @@ def naive_topk_cosine(
     array([0, 1, 2])
     """
     dev = resolve_device(device)
-    q = _as_matrix(queries, "queries").to(dev)
-    r = _as_matrix(keys, "keys").to(dev)
+    q = check_tensor_matrix(queries, what="queries").to(dev)
+    r = check_tensor_matrix(keys, what="keys").to(dev)
     if q.shape[1] != r.shape[1]:
         raise ValueError(
             f"queries have {q.shape[1]} features but keys have {r.shape[1]}; embedding dimensions must agree."
         )
-    k = _check_k(k, r.shape[0])
+    k = check_k(k, r.shape[0], what="k")
     with torch.no_grad():
         full = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(r, dim=1).T
         sims, idx = torch.topk(full, k, dim=1, largest=True, sorted=True)
@@ -320,7 +285,7 @@ def aggregate(
     """
     if weighting not in _WEIGHTINGS:
         raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}.")
-    vals = _as_matrix(values, "values")
+    vals = check_tensor_matrix(values, what="values")
     idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
     if idx.ndim != 2:
         raise ValueError(f"indices must be 2-D (q, k), got shape {tuple(idx.shape)}.")
@@ -335,7 +300,7 @@ def aggregate(
     def _pairwise(x, name):
         if x is None:
             raise ValueError(f"weighting={weighting!r} needs {name}.")
-        t = _as_matrix(x, name)
+        t = check_tensor_matrix(x, what=name)
         if tuple(t.shape) != (q, k):
             raise ValueError(f"{name} must have the shape of indices {(q, k)}, got {tuple(t.shape)}.")
         return t
@@ -487,9 +452,9 @@ def retrieve(
         raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}.")
     if weighting == "softmax" and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    q = _as_matrix(queries, "queries")
-    r = _as_matrix(keys, "keys")
-    vals = _as_matrix(values, "values")
+    q = check_tensor_matrix(queries, what="queries")
+    r = check_tensor_matrix(keys, what="keys")
+    vals = check_tensor_matrix(values, what="values")
     if vals.shape[0] != r.shape[0]:
         raise ValueError(
             f"values has {vals.shape[0]} rows but keys has {r.shape[0]}; each reference row needs both."

@@ -22,6 +22,7 @@ from torch import nn
 from ._logging import logger
 from ._progress import format_seconds
 from ._progress import progress as progress_bar
+from ._validation import check_int
 from .retrieval import resolve_device
 
 __all__ = ["TrainResult", "train_module", "load_checkpoint"]
@@ -145,12 +146,6 @@ def _save_checkpoint(file: Path, payload: dict[str, Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
 
 
 _ESTIMATE_AFTER_STEPS = 3
@@ -345,8 +340,8 @@ def train_module(
     # ---- validate everything before touching the module or the disk
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    epochs = check_int(epochs, what="train_module: `epochs`")
+    batch_size = check_int(batch_size, what="train_module: `batch_size`")
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}.")
     if scheduler not in _SCHEDULERS:

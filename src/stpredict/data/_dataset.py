@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
+from stpredict._validation import check_patches
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-def _check_patches(patches: Any, *, what: str = "patches") -> np.ndarray:
-    arr = np.asarray(patches)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"{what} must be uint8 of shape (n, S, S, 3), got {arr.dtype} {arr.shape}.")
-    return arr
 
 
 def _stats(values: Sequence[float], *, what: str) -> torch.Tensor:
@@ -58,7 +52,7 @@ def to_tensor(
     """
     arr = np.asarray(patches)
     single = arr.ndim == 3
-    arr = _check_patches(arr[None] if single else arr)
+    arr = check_patches(arr[None] if single else arr)
     m, s = _stats(mean, what="mean"), _stats(std, what="std")
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
     x = (x - m) / s
@@ -116,7 +110,7 @@ class PatchDataset(torch.utils.data.Dataset):
         std: Sequence[float] = IMAGENET_STD,
         seed: int | None = None,
     ):
-        self.patches = _check_patches(patches)
+        self.patches = check_patches(patches)
         n = len(self.patches)
         if expression is None:
             self.expression = np.zeros((n, 0), dtype=np.float32)

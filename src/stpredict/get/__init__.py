@@ -16,17 +16,12 @@ from stpredict._constants import DEFAULT_KEY, TRUTH_LAYER, WRITTEN_BY
 from stpredict._constants import ood_key as _ood_key
 from stpredict._constants import std_key as _std_key
 from stpredict._constants import truth_key as _truth_key
+from stpredict._validation import check_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
 __all__ = ["is_stpredict_entry", "ood", "prediction", "results_table", "spread"]
-
-
-def _check_key(key: Any) -> str:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"`key` must be a non-empty string, got {key!r}.")
-    return key
 
 
 def results_table(data: Any, key: str = DEFAULT_KEY) -> AnnData:
@@ -130,7 +125,7 @@ def prediction(data: Any, key: str = DEFAULT_KEY) -> tuple[pd.DataFrame, pd.Data
     >>> pred.shape == truth.shape
     True
     """
-    key = _check_key(key)
+    key = check_key(key, what="key")
     adata = results_table(data, key)
     truth_key = _truth_key(key)
     truth = None

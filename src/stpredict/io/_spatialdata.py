@@ -18,7 +18,8 @@ REGION_KEY = "region"
 INSTANCE_KEY = "spot_id"
 
 
-def _check(adata: AnnData, library_key: str) -> list[str]:
+def _validated_libraries(adata: AnnData, library_key: str) -> list[str]:
+    """The slides of `adata`, after checking what `to_spatialdata` needs of it."""
     from anndata import AnnData
 
     if not isinstance(adata, AnnData):
@@ -86,7 +87,7 @@ def to_spatialdata(adata: AnnData, *, library_key: str = "library_id") -> Spatia
     >>> sorted(sdata.shapes)
     ['slide0_spots', 'slide1_spots']
     """
-    libs = _check(adata, library_key)
+    libs = _validated_libraries(adata, library_key)
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
     from spatialdata.transformations import Identity, Scale

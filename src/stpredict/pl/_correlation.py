@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stpredict._logging import logger
+from stpredict._validation import check_genes
 from stpredict.get import prediction as get_prediction
 from stpredict.get import results_table
 from stpredict.metrics import hvg_genes
 
-from ._utils import check_genes, finish, make_axes, select_library
+from ._utils import finish, make_axes, select_library
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData

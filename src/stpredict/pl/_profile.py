@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stpredict._validation import check_genes
 from stpredict.get import prediction as get_prediction
 from stpredict.get import results_table
 from stpredict.metrics import pearson_per_gene
 
-from ._utils import check_genes, finish, make_axes, select_library
+from ._utils import finish, make_axes, select_library
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stpredict._constants import DEFAULT_KEY, ood_key, std_key
+from stpredict._validation import check_genes
 from stpredict.get import ood, prediction, results_table, spread
 
 from ._expression_map import draw_values, slide_layout
-from ._utils import check_genes, finish, make_axes
+from ._utils import finish, make_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -122,19 +122,3 @@ def select_library(
         )
     library_id = str(library_id)
     return library_id, (libs == library_id).to_numpy()
-
-
-def check_genes(genes: Any, available: pd.Index, *, key: str, what: str) -> list[str]:
-    """A list of gene names, all predicted under ``key``."""
-    if isinstance(genes, str):
-        genes = [genes]
-    genes = [str(g) for g in genes]
-    if not genes:
-        raise ValueError(f"{what}: `genes` is empty.")
-    missing = [g for g in genes if g not in available]
-    if missing:
-        raise KeyError(
-            f"{what}: genes {missing[:10]} are not among the predictions under {key!r} "
-            f"({len(available)} genes, e.g. {list(available[:5])})."
-        )
-    return genes

@@ -10,6 +10,7 @@ import numpy as np
 
 from stpredict._logging import logger
 from stpredict._settings import settings
+from stpredict._validation import check_int, check_number, check_some_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -32,23 +33,9 @@ def last_model() -> STPredictModel:
     return model
 
 
-def _check_int(value: Any, name: str, minimum: int = 1, *, none: bool = True) -> int | None:
-    if value is None and none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"fit: `{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_float(value: Any, name: str, *, positive: bool = True) -> float | None:
-    if value is None:
-        return None
-    ok = not isinstance(value, bool) and isinstance(value, int | float | np.number) and np.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):
-        raise ValueError(
-            f"fit: `{name}` must be a {'positive' if positive else 'non-negative'} number, got {value!r}."
-        )
-    return float(value)
+def _optional(check, value: Any, name: str, **kwargs: Any) -> Any:
+    """``None`` (keep the preset's value) or ``value`` validated by ``check`` as ``fit``'s ``name``."""
+    return None if value is None else check(value, what=f"fit: `{name}`", **kwargs)
 
 
 def resolve_device(device: str | None) -> str:
@@ -254,17 +241,18 @@ def fit(
     cls, config, preset = _network_config(
         method, preset, dev, image_size, pretrained, weights_path, model_kwargs
     )
-    seed = settings.seed if seed is None else _check_int(seed, "seed", 0)
-    num_workers = settings.num_workers if num_workers is None else _check_int(num_workers, "num_workers", 0)
+    seed = _optional(check_int, settings.seed if seed is None else seed, "seed", minimum=0)
+    workers = settings.num_workers if num_workers is None else num_workers
+    num_workers = _optional(check_int, workers, "num_workers", minimum=0)
     if resume and checkpoint_dir is None:
         raise ValueError("fit: `resume=True` needs `checkpoint_dir` (the folder of the interrupted run).")
-    n_top_genes = _check_int(n_top_genes, "n_top_genes")
-    patch_size_um = _check_float(patch_size_um, "patch_size_um")
+    n_top_genes = _optional(check_int, n_top_genes, "n_top_genes")
+    patch_size_um = _optional(check_number, patch_size_um, "patch_size_um")
     overrides = {
-        "epochs": _check_int(epochs, "epochs"),
-        "batch_size": _check_int(batch_size, "batch_size"),
-        "lr": _check_float(lr, "lr"),
-        "weight_decay": _check_float(weight_decay, "weight_decay", positive=False),
+        "epochs": _optional(check_int, epochs, "epochs"),
+        "batch_size": _optional(check_int, batch_size, "batch_size"),
+        "lr": _optional(check_number, lr, "lr"),
+        "weight_decay": _optional(check_number, weight_decay, "weight_decay", positive=False),
         "val_fraction": val_fraction,
         "stain_jitter": stain_jitter,
         "translate": translate,
@@ -368,7 +356,7 @@ def _network_config(method, preset, device, image_size, pretrained, weights_path
     config.update(model_kwargs)
     if pretrained and weights_path is not None:
         raise ValueError("fit: give either `pretrained=True` or `weights_path=`, not both.")
-    image_size = _check_int(image_size, "image_size", 8)
+    image_size = _optional(check_int, image_size, "image_size", minimum=8)
     if image_size is not None:
         config["image_size"] = image_size
     if pretrained:
@@ -393,7 +381,7 @@ def _expression(sd, genes, n_top_genes: int, library_key: str) -> _Expression:
 
     from stpredict.pp import normalize_matrix, select_genes
 
-    _check_some_counts(sd, library_key)
+    check_some_counts(sd.counts, sd.library_ids, what="fit", library_key=library_key)
     counts_view = ad.AnnData(
         X=sd.counts,
         obs=pd.DataFrame({library_key: pd.Categorical(sd.library_ids)}, index=sd.obs_names),
@@ -411,18 +399,6 @@ def _expression(sd, genes, n_top_genes: int, library_key: str) -> _Expression:
         f"({how}), normalised to {target_sum:.0f} counts + log1p"
     )
     return _Expression(list(gene_list), expression, target_sum)
-
-
-def _check_some_counts(sd, library_key: str) -> None:
-    """Every slide has counts: all-zero expression (wrong layer, a normalised-away matrix) is named."""
-    totals = np.asarray(sd.counts.sum(axis=1)).ravel()
-    libs = np.asarray(sd.library_ids)
-    empty = [lib for lib in sd.libraries if not (totals[libs == lib] > 0).any()]
-    if empty:
-        raise ValueError(
-            f"fit: the counts of slide(s) {empty} ({library_key!r}) are all zero; expected raw counts in X "
-            "(or in the layer given as `layer=`)."
-        )
 
 
 def _restore_best(module, result, epochs: int, checkpoint_dir) -> None:

@@ -12,10 +12,17 @@ import pandas as pd
 from stpredict._constants import WEIGHTINGS, ood_key, std_key, truth_key
 from stpredict._logging import logger
 from stpredict._validation import check_key, is_spatialdata, spatialdata_table
-from stpredict.get import is_stpredict_entry
 
 from ._fit import gene_indices, last_model, resolve_device
-from ._results import Result, add_table, as_anndata, check_key_writable, entry, write_inplace
+from ._results import (
+    Result,
+    add_table,
+    as_anndata,
+    check_key_writable,
+    check_table_writable,
+    entry,
+    write_inplace,
+)
 from ._results import own_libraries as own_libraries  # re-exported for the CLI demo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,20 +94,6 @@ def _table_of(data: Any, table_key: str | None) -> AnnData:
     if not is_spatialdata(data):
         return data
     return spatialdata_table(data, table_key, what="data")[1]
-
-
-def _check_spatialdata_key(sdata: SpatialData, key: str, overwrite: bool) -> None:
-    if key not in sdata.tables:
-        return
-    if is_stpredict_entry(sdata.tables[key], key):
-        logger.warning(f"Replacing the earlier stpredict table {key!r} of the SpatialData.")
-        return
-    if not overwrite:
-        raise ValueError(
-            f"predict: the SpatialData already has a table {key!r} that stpredict did not write; pass "
-            "another `key_added`, or `overwrite=True` to replace it."
-        )
-    logger.warning(f"Overwriting table {key!r} of the SpatialData (overwrite=True).")
 
 
 def predict(
@@ -231,7 +224,7 @@ def predict(
     sdata_out = is_spatialdata(data) and not copy
     table = _table_of(data, table_key)
     if sdata_out:
-        _check_spatialdata_key(data, key_added, overwrite)
+        check_table_writable(data, key_added, overwrite)
     elif not copy:
         check_key_writable(table, key_added, overwrite=overwrite)
     sd = SpotData.from_object(data, library_key=library_key, table_key=table_key)

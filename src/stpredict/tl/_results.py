@@ -199,3 +199,18 @@ def arrays_result(
     out.layers[TRUTH_LAYER] = truth.to_numpy(dtype=np.float32)
     out.uns[key] = entry({**params, "copy": True})
     return out
+
+
+def check_table_writable(sdata: Any, key: str, overwrite: bool) -> None:
+    """May ``predict`` write the SpatialData table ``key``? (stpredict's own: yes, with a warning.)"""
+    if key not in sdata.tables:
+        return
+    if is_stpredict_entry(sdata.tables[key], key):
+        logger.warning(f"Replacing the earlier stpredict table {key!r} of the SpatialData.")
+        return
+    if not overwrite:
+        raise ValueError(
+            f"predict: the SpatialData already has a table {key!r} that stpredict did not write; pass "
+            "another `key_added`, or `overwrite=True` to replace it."
+        )
+    logger.warning(f"Overwriting table {key!r} of the SpatialData (overwrite=True).")
