@@ -45,9 +45,22 @@ _STAGES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+# the same heads on precomputed image input: the baseline's hand-made colour/texture features of
+# each spot's patch (FEATURES_KEY, computed once from the pixels, no expression involved)
+FEATURES_KEY = "X_handmade"
+# ... and the same features of the 112 µm patch plus a 336 µm context patch around it, concatenated
+CONTEXT_KEY = "X_handmade_context"
+_FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
+    ("features:handmade_30ep", "", {"image_features": FEATURES_KEY, "epochs": 30, "lr": 1e-3}),
+    ("features:handmade_100ep", "features:handmade_30ep", {"epochs": 100}),
+    ("features:handmade_100ep_dim64", "features:handmade_100ep", {"dim": 64}),
+    ("features:handmade+context_30ep", "features:handmade_30ep", {"image_features": CONTEXT_KEY}),
+]
+
+
 def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     out: dict[str, dict[str, Any]] = {}
-    for name, base, change in _STAGES:
+    for name, base, change in _STAGES + _FEATURE_STAGES:
         out[name] = {**(out[base] if base else {}), **change}
     table = {name: ("cmrcnet", kw) for name, kw in out.items()}
     # contrastive-only ablation of every row
@@ -68,6 +81,8 @@ def run(args: argparse.Namespace) -> None:
     import stpredict as stp
 
     adata = load_her2st(args.data_dir, args.sections)
+    if any(VARIANTS[name][1].get("image_features") for name in args.variants):
+        add_handmade_features(adata)
     out = args.out / f"{args.tag}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
@@ -99,6 +114,17 @@ def run(args: argparse.Namespace) -> None:
             with out.open("a") as fh:
                 fh.write(json.dumps(record, default=str) + "\n")
             print(f"{name} seed {seed}: {wall:.0f} s\n{res.summary.round(3).to_string()}", flush=True)
+
+
+def add_handmade_features(adata: Any, *, patch_size_um: float = 112.0, size: int = 64) -> None:
+    """``obsm[FEATURES_KEY]``: the image-kNN baseline's features of every spot's patch (same settings)."""
+    import stpredict as stp
+    from stpredict.data import SpotData
+
+    patches = SpotData.from_object(adata).extract_patches(
+        patch_size_um=patch_size_um, size=size, progress=False
+    )
+    adata.obsm[FEATURES_KEY] = stp.baselines.image_features(patches)
 
 
 def report(path: Path) -> str:

@@ -312,3 +312,26 @@ def check_some_counts(counts: Any, library_ids: Sequence[str], *, what: str, lib
             f"{what}: the counts of slide(s) {empty} ({library_key!r}) are all zero; expected raw counts "
             "in X (or in the layer given as `layer=`)."
         )
+
+
+def check_image_input(
+    freeze_backbone: Any, image_features: Any, pretrained: bool, weights_path: Any, *, what: str
+) -> None:
+    """``freeze_backbone`` (a flag) and ``image_features`` (a key) exclude each other and the weights."""
+    if not isinstance(freeze_backbone, bool):
+        raise TypeError(f"{what}: `freeze_backbone` must be True or False, got {freeze_backbone!r}.")
+    if image_features is None:
+        if freeze_backbone and not pretrained and weights_path is None:
+            from stpredict._logging import logger
+
+            logger.warning(
+                f"{what}: freeze_backbone=True with a randomly initialised backbone: only the heads "
+                "learn. Pass `pretrained=True`, `weights_path=` or a hub backbone (a pretrained encoder)."
+            )
+        return
+    check_key(image_features, what=f"{what}: `image_features`")
+    if freeze_backbone or pretrained or weights_path is not None:
+        raise ValueError(
+            f"{what}: `image_features` replaces the image backbone; it excludes `freeze_backbone`, "
+            "`pretrained` and `weights_path`."
+        )

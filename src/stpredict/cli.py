@@ -205,16 +205,21 @@ _FIT_FLAGS = {
     "patch_size_um": "patch_size_um",
     "pretrained": "pretrained",
     "weights_path": "weights_path",
+    "freeze_backbone": "freeze_backbone",
 }
-_FIT_ONLY_FLAGS = ("batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction")
+_FIT_ONLY_FLAGS = (
+    "batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction",
+    "image_features",
+)  # fmt: skip
 
 
 def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keywords of :func:`stpredict.tl.fit` from the parsed flags (unset flags are left out)."""
     names = {**_FIT_FLAGS, **{name: name for name in _FIT_ONLY_FLAGS}}
     options = {kw: getattr(args, attr) for attr, kw in names.items() if getattr(args, attr, None) is not None}
-    if not options.get("pretrained"):
-        options.pop("pretrained", None)
+    for flag in ("pretrained", "freeze_backbone"):  # store_true flags: only passed when given
+        if not options.get(flag):
+            options.pop(flag, None)
     return options
 
 
@@ -320,6 +325,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--weights-path", default=None, help="start the backbone from a local .safetensors file"
         )
+        p.add_argument(
+            "--freeze-backbone",
+            action="store_true",
+            help="keep the backbone fixed: embed each patch once, train only the heads",
+        )
 
     p = sub.add_parser(
         "demo",
@@ -343,6 +353,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--n-top-genes", type=int, default=1000, help="HVGs per slide (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="default: %(default)s")
+    p.add_argument(
+        "--image-features",
+        default=None,
+        help="train on precomputed patch embeddings: an obsm key (or SpatialData table) instead of pixels",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint after every epoch")
     p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")

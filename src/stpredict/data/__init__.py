@@ -1,6 +1,7 @@
 """Spots, slide images, patches and the torch dataset.
 
 :class:`SpotData` and :class:`SlideImage` load without torch; :class:`PatchDataset`,
+:class:`FeatureDataset`,
 :func:`to_tensor`, :func:`neighbourhood_batches` and the ImageNet constants import torch on first
 access.
 """
@@ -13,10 +14,24 @@ from typing import TYPE_CHECKING
 from ._patches import SlideImage
 from ._spotdata import DEFAULT_SPOT_DIAMETER_UM, SpotData
 
-_TORCH_NAMES = ("PatchDataset", "to_tensor", "neighbourhood_batches", "IMAGENET_MEAN", "IMAGENET_STD")
+_TORCH_NAMES = (
+    "PatchDataset",
+    "FeatureDataset",
+    "to_tensor",
+    "neighbourhood_batches",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._dataset import IMAGENET_MEAN, IMAGENET_STD, PatchDataset, neighbourhood_batches, to_tensor
+    from ._dataset import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FeatureDataset,
+        PatchDataset,
+        neighbourhood_batches,
+        to_tensor,
+    )
 
 __all__ = ["SpotData", "SlideImage", "DEFAULT_SPOT_DIAMETER_UM", *_TORCH_NAMES]
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from stpredict._validation import check_patches
+from stpredict._validation import check_matrix, check_patches
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -194,6 +194,75 @@ class PatchDataset(torch.utils.data.Dataset):
                 img = self._jitter(np.ascontiguousarray(img), gen)
         return {
             "image": to_tensor(np.ascontiguousarray(img), self.mean, self.std),
+            "expression": torch.from_numpy(self.expression[index]),
+            "coords": torch.from_numpy(self.coords[index]),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Map-style dataset of precomputed image features and expression (no pixels).
+
+    Item ``i`` has the keys of :class:`PatchDataset`, with ``"image"`` the float32 feature vector
+    ``[F]``: precomputed patch embeddings (``fit(image_features=...)``) or a frozen backbone's
+    pooled output (``fit(freeze_backbone=True)``).
+
+    Parameters
+    ----------
+    features
+        ``(n, F)`` finite features, or ``(n, V, F)``: ``V`` views of each spot (e.g. the 8
+        flips/rotations of its patch); with ``augment`` an item is a random view, otherwise view 0.
+    expression
+        ``(n, G)`` normalised expression, or ``None``.
+    coords
+        ``(n, 2)`` integer grid coordinates; ``None``: zeros.
+    augment
+        Draw a random view per item (only with ``(n, V, F)`` features).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.data import FeatureDataset
+    >>> ds = FeatureDataset(np.ones((4, 8)), np.ones((4, 5)))
+    >>> ds[0]["image"].shape
+    torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        expression: np.ndarray | None = None,
+        *,
+        coords: np.ndarray | None = None,
+        augment: bool = False,
+    ):
+        arr = np.asarray(features)
+        views = arr if arr.ndim == 3 else arr[:, None] if arr.ndim == 2 else arr
+        flat = check_matrix(views.reshape(len(views), -1) if views.ndim == 3 else views, what="features")
+        self.features = np.ascontiguousarray(flat.reshape(views.shape))
+        n = len(self.features)
+        self.expression = (
+            np.zeros((n, 0), np.float32)
+            if expression is None
+            else check_matrix(expression, what="expression", min_rows=0)
+        )
+        self.coords = np.zeros((n, 2), np.int64) if coords is None else np.asarray(coords, dtype=np.int64)
+        for name, part in (("expression", self.expression), ("coords", self.coords)):
+            if len(part) != n:
+                raise ValueError(
+                    f"FeatureDataset: {name} must have {n} rows (one per spot), got {len(part)}."
+                )
+        self.augment = bool(augment)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = int(index) % len(self)
+        n_views = self.features.shape[1]
+        view = int(torch.randint(0, n_views, (1,))) if self.augment and n_views > 1 else 0
+        return {
+            "image": torch.from_numpy(self.features[index, view]),
             "expression": torch.from_numpy(self.expression[index]),
             "coords": torch.from_numpy(self.coords[index]),
             "index": torch.tensor(index, dtype=torch.int64),

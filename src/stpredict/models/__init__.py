@@ -8,7 +8,7 @@ wraps a trained module with its genes, patch parameters and reference bank, and
 from __future__ import annotations
 
 from ._base import ContrastiveModule, RetrievalModule, STPredictModel
-from ._encoders import ImageEncoder, build_image_encoder
+from ._encoders import FeatureEncoder, ImageEncoder, build_image_encoder
 from ._io import FORMAT_NAME, FORMAT_VERSION
 from ._losses import info_nce_loss, reconstruction_loss, soft_clip_loss
 from .bleep import BLEEP
@@ -31,6 +31,7 @@ __all__ = [
     "MclSTExp",
     "ImageEncoder",
     "build_image_encoder",
+    "FeatureEncoder",
     "soft_clip_loss",
     "info_nce_loss",
     "reconstruction_loss",

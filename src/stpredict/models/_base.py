@@ -14,7 +14,7 @@ from torch import nn
 
 from stpredict._device import resolve_device
 
-from ._encoders import build_image_encoder
+from ._encoders import FeatureEncoder, build_image_encoder
 from ._layers import ProjectionHead
 
 __all__ = ["RetrievalModule", "ContrastiveModule", "STPredictModel"]
@@ -131,9 +131,11 @@ def _tower_config(
     dim: int,
     dropout: float,
     temperature: float,
+    freeze_backbone: bool = False,
 ) -> dict[str, Any]:
     """The JSON config entries every two-tower module shares (image tower, projection, loss)."""
     return {
+        "freeze_backbone": bool(freeze_backbone),
         "preset": preset,
         "backbone": backbone,
         "backbone_kwargs": _jsonable_kwargs(backbone_kwargs),
@@ -201,7 +203,21 @@ class ContrastiveModule(RetrievalModule):
             # JSON stores tuples (e.g. DenseNet's block_config) as lists; timm expects tuples
             **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("backbone_kwargs", {}).items()},
         )
+        if cfg.get("freeze_backbone"):
+            self.image_encoder.requires_grad_(False)
         self.image_projection = ProjectionHead(self.image_encoder.out_dim, cfg["dim"], cfg["dropout"])
+
+    @property
+    def takes_features(self) -> bool:
+        """Whether the image input is precomputed embeddings (``backbone="features"``), not pixels."""
+        return isinstance(self.image_encoder, FeatureEncoder)
+
+    def train(self, mode: bool = True) -> ContrastiveModule:
+        """As :meth:`torch.nn.Module.train`; a frozen backbone stays in eval mode (batch-norm stats kept)."""
+        super().train(mode)
+        if self.config.get("freeze_backbone"):
+            self.image_encoder.eval()
+        return self
 
     def _check_image(self, image: torch.Tensor) -> None:
         size = self.config["image_size"]
@@ -211,9 +227,38 @@ class ContrastiveModule(RetrievalModule):
                 f"expected [B, 3, {size}, {size}] (config image_size={size})."
             )
 
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """Image encoder output ``[B, N, C]``.
+
+        ``image`` is normalised pixels ``[B, 3, S, S]``, or ``[B, C]`` features: precomputed
+        embeddings for ``backbone="features"``, or the frozen backbone's pooled output (cached by
+        :func:`stpredict.tl.fit` with ``freeze_backbone=True``), used as one token.
+        """
+        width = self.image_encoder.out_dim
+        if image.ndim == 2 and (self.takes_features or self.config.get("freeze_backbone")):
+            if image.shape[1] != width:
+                raise ValueError(
+                    f"{type(self).__name__}.encode_image: features have shape {tuple(image.shape)}; "
+                    f"expected [B, {width}]."
+                )
+            return self.image_encoder(image) if self.takes_features else image[:, None]
+        if self.takes_features:
+            raise ValueError(
+                f"{type(self).__name__}.encode_image: this model takes precomputed features [B, {width}], "
+                f"got shape {tuple(image.shape)}."
+            )
         self._check_image(image)
-        return self.image_projection(_pool_tokens(self.image_encoder(image)))
+        if self.config.get("freeze_backbone"):
+            with torch.no_grad():
+                return self.image_encoder(image)
+        return self.image_encoder(image)
+
+    def pooled_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The (frozen) backbone's pooled output ``[B, C]``: what ``freeze_backbone`` caches."""
+        return _pool_tokens(self.image_tokens(image))
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_projection(_pool_tokens(self.image_tokens(image)))
 
     def _check_expression(self, expression: torch.Tensor) -> None:
         if expression.ndim != 2 or expression.shape[1] != self.n_genes:
@@ -314,6 +359,7 @@ class STPredictModel:
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
             "tta": False,
+            "features": None,
             **(patch or {}),
         }
         self.retrieval = {**defaults["retrieval"], **(retrieval or {})}
@@ -374,6 +420,11 @@ class STPredictModel:
         """
         from stpredict._progress import progress as progress_bar
 
+        if getattr(self.module, "takes_features", False):
+            raise ValueError(
+                f"STPredictModel.embed_images: this model takes precomputed features "
+                f"({self.patch['features']!r}), not patches; use embed_features."
+            )
         patches = np.asarray(patches)
         size = self.patch["size"]
         if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (size, size, 3):
@@ -391,6 +442,52 @@ class STPredictModel:
                 emb = self._encode_views(chunk.to(dev))
                 out[start : start + len(chunk)] = emb.float().cpu().numpy()
         return out
+
+    def embed_features(
+        self,
+        features: np.ndarray,
+        *,
+        batch_size: int = 1024,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Embed precomputed patch features (a model fitted with ``image_features=``).
+
+        Parameters
+        ----------
+        features
+            ``(n, F)`` features of the kind the model was trained on (``model.patch["features"]``).
+        batch_size, device, progress
+            As in :meth:`embed_images`.
+
+        Returns
+        -------
+        ``float32`` array ``(n, D)``.
+        """
+        from stpredict._progress import progress as progress_bar
+        from stpredict._validation import check_matrix
+
+        if not getattr(self.module, "takes_features", False):
+            raise ValueError(
+                "STPredictModel.embed_features: this model embeds image patches (embed_images); it was "
+                "not fitted with `image_features=`."
+            )
+        features = check_matrix(features, what="STPredictModel.embed_features: features", min_rows=0)
+        dev = resolve_device(device)
+        self.module.to(dev)
+        out = np.empty((len(features), self.embedding_dim), dtype=np.float32)
+        with _eval_mode(self.module), torch.inference_mode():
+            starts = range(0, len(features), batch_size)
+            for start in progress_bar(starts, desc="embedding features", unit="batch", enabled=progress):
+                chunk = torch.from_numpy(features[start : start + batch_size]).to(dev)
+                out[start : start + len(chunk)] = self.module.encode_image(chunk).float().cpu().numpy()
+        return out
+
+    def embed_inputs(self, inputs: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """:meth:`embed_features` or :meth:`embed_images`, whichever the model's image input is."""
+        if getattr(self.module, "takes_features", False):
+            return self.embed_features(inputs, **kwargs)
+        return self.embed_images(inputs, **kwargs)
 
     def embed_expression(
         self,
@@ -555,7 +652,12 @@ class STPredictModel:
         lines = [
             f"STPredictModel(method={self.method!r}, preset={self.config.get('preset')!r})",
             f"    genes: {len(self.genes)}, embedding dim: {self.embedding_dim}, parameters: {n_params:,}",
-            f"    patches: {self.patch['patch_size_um']:g} µm → {self.patch['size']} px",
+            (
+                f"    image input: features {self.patch['features']!r} ({self.module.image_encoder.out_dim})"
+                if self.patch.get("features")
+                else f"    patches: {self.patch['patch_size_um']:g} µm → {self.patch['size']} px"
+                + (" (frozen backbone)" if self.config.get("freeze_backbone") else "")
+            ),
             f"    retrieval: k={self.retrieval.get('k')}, weighting={self.retrieval.get('weighting')!r}",
         ]
         if self.bank is None:

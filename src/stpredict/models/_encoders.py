@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,17 @@ from torch import nn
 
 from stpredict._logging import logger
 
-__all__ = ["ImageEncoder", "build_image_encoder", "load_state_dict_file"]
+__all__ = [
+    "FEATURES",
+    "FeatureEncoder",
+    "HubBackbone",
+    "ImageEncoder",
+    "build_image_encoder",
+    "load_state_dict_file",
+    "resolve_hub_backbone",
+]
+
+FEATURES = "features"  # the `backbone` name of a model whose image input is precomputed embeddings
 
 
 class ImageEncoder(nn.Module):
@@ -43,6 +55,36 @@ class ImageEncoder(nn.Module):
             return features
         cells = features.flatten(2).transpose(1, 2)  # [B, h·w, C]
         return torch.cat([cells.mean(dim=1, keepdim=True), cells], dim=1)
+
+
+class FeatureEncoder(nn.Module):
+    """The image tower of a model fed precomputed patch embeddings (``backbone="features"``).
+
+    ``forward`` standardises ``[B, F]`` features with the training spots' mean and standard
+    deviation (buffers, saved with the weights; set by :meth:`fit_standardisation`) and returns
+    them as one token ``[B, 1, F]``, so every method's heads work unchanged.
+
+    Attributes
+    ----------
+    out_dim
+        ``F``, the feature width.
+    """
+
+    is_vit = False
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.out_dim = int(in_features)
+        self.register_buffer("mean", torch.zeros(self.out_dim))
+        self.register_buffer("std", torch.ones(self.out_dim))
+
+    def fit_standardisation(self, features: torch.Tensor) -> None:
+        """Set the mean and standard deviation (floored at 1e-6) from training features ``[n, F]``."""
+        self.mean.copy_(features.mean(dim=0))
+        self.std.copy_(features.std(dim=0, unbiased=False).clamp_min(1e-6))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features - self.mean) / self.std)[:, None]
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -82,6 +124,91 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+HUB_PREFIXES = ("hf-hub:", "local-dir:")  # timm's names for a model on the Hugging Face Hub / in a folder
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_NOT_ARCHITECTURE = ("num_classes", "pretrained_cfg", "pretrained_cfg_overlay")
+
+
+@dataclass(frozen=True)
+class HubBackbone:
+    """A timm model published as a folder (``config.json`` + weights), resolved to plain parts.
+
+    Attributes
+    ----------
+    architecture
+        The timm architecture name (``config.json``'s ``"architecture"``).
+    model_args
+        Its keyword arguments (``"model_args"``, without ``num_classes``).
+    weights
+        The local weights file (``model.safetensors`` or ``pytorch_model.bin``).
+    """
+
+    architecture: str
+    model_args: dict[str, Any]
+    weights: Path
+
+
+def _hub_file(name: str, filename: str) -> Path | None:
+    """``filename`` of the hub model or folder ``name`` (``None`` when it has no such file).
+
+    Hub errors other than a missing file (no network, gated repository, unknown id) propagate
+    with huggingface_hub's own message.
+    """
+    source, _, where = name.partition(":")
+    if source == "local-dir":
+        path = Path(where).expanduser() / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    repo, _, revision = where.partition("@")
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision or None))
+    except LocalEntryNotFoundError:  # offline (a subclass of the next): this file is not in the cache
+        if filename == "config.json":
+            raise
+        return None
+    except EntryNotFoundError:
+        return None
+
+
+def resolve_hub_backbone(name: str) -> HubBackbone:
+    """Resolve ``"hf-hub:org/model[@revision]"`` or ``"local-dir:/path"`` to architecture, arguments, weights.
+
+    Hub files are fetched through :func:`huggingface_hub.hf_hub_download` (cached; gated models
+    such as UNI need ``huggingface-cli login`` or ``HF_TOKEN`` and accepted terms; offline,
+    ``HF_HUB_OFFLINE=1`` reads the cache). A fitted model then records only the architecture and
+    its arguments, never the hub id or the folder, so loading it reads nothing else.
+
+    Parameters
+    ----------
+    name
+        The hub id or folder, with timm's prefix.
+
+    Returns
+    -------
+    A :class:`HubBackbone`.
+    """
+    if not name.startswith(HUB_PREFIXES):
+        raise ValueError(f"resolve_hub_backbone: {name!r} does not start with {' or '.join(HUB_PREFIXES)}.")
+    config_file = _hub_file(name, "config.json")
+    if config_file is None:
+        raise FileNotFoundError(f"backbone={name!r}: no config.json (a timm model folder has one).")
+    try:
+        config = json.loads(config_file.read_text())
+        architecture = str(config["architecture"])
+        args = dict(config.get("model_args") or {})
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"backbone={name!r}: {config_file} is not a timm model config (needs 'architecture'): {err}"
+        ) from err
+    weights = next((f for f in (_hub_file(name, w) for w in _WEIGHT_FILES) if f is not None), None)
+    if weights is None:
+        raise FileNotFoundError(f"backbone={name!r}: none of {list(_WEIGHT_FILES)} found.")
+    args = {k: v for k, v in args.items() if k not in _NOT_ARCHITECTURE}
+    return HubBackbone(architecture, args, weights)
+
+
 def _is_vit(model: nn.Module) -> bool:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -95,13 +222,15 @@ def build_image_encoder(
     weights_path: str | Path | None = None,
     image_size: int = 224,
     **timm_kwargs: Any,
-) -> ImageEncoder:
+) -> ImageEncoder | FeatureEncoder:
     """Create an image encoder through :func:`timm.create_model` (``num_classes=0``).
 
     Parameters
     ----------
     backbone
-        A timm model name, e.g. ``"vit_base_patch32_224"``, ``"resnet50"``, ``"densenet121"``.
+        A timm model name, e.g. ``"vit_base_patch32_224"``, ``"resnet50"``, ``"densenet121"``,
+        or ``"features"``: no network, the input is precomputed patch embeddings of width
+        ``in_features`` (a :class:`FeatureEncoder`).
     pretrained
         Download timm's pretrained weights (needs the network). Default: random initialisation.
     weights_path
@@ -126,12 +255,26 @@ def build_image_encoder(
     >>> enc(torch.zeros(1, 3, 32, 32)).shape
     torch.Size([1, 17, 32])
     """
+    if backbone == FEATURES:
+        if pretrained or weights_path is not None or set(timm_kwargs) != {"in_features"}:
+            raise ValueError(
+                "build_image_encoder: backbone='features' takes only in_features= (the width of the "
+                f"precomputed embeddings), got {sorted(timm_kwargs)}"
+                + (" and pretrained/weights_path" if pretrained or weights_path is not None else "")
+                + "."
+            )
+        return FeatureEncoder(timm_kwargs["in_features"])
     import timm
 
     if pretrained and weights_path is not None:
         raise ValueError("build_image_encoder: give either pretrained=True or weights_path=, not both.")
     if not timm.is_model(backbone):
-        raise ValueError(f"build_image_encoder: backbone={backbone!r} is not a timm model name.")
+        hub = " (hub ids and folders are resolved by stp.tl.fit, see resolve_hub_backbone)"
+        raise ValueError(
+            f"build_image_encoder: backbone={backbone!r} is not a timm model name"
+            + (hub if backbone.startswith(HUB_PREFIXES) else "")
+            + "."
+        )
     kwargs = {"pretrained": pretrained, "num_classes": 0, **timm_kwargs}
     try:
         model = timm.create_model(backbone, img_size=image_size, **kwargs)

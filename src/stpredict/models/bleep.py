@@ -46,7 +46,8 @@ class BLEEP(ContrastiveModule):
     preset
         Name of the preset these values came from (selects the training defaults).
     backbone
-        timm model name. ViT backbones are mean-pooled over all tokens.
+        timm model name (ViT backbones are mean-pooled over all tokens), or ``"features"`` for
+        precomputed embeddings (see :func:`~stpredict.models.build_image_encoder`).
     backbone_kwargs
         Extra arguments for :func:`timm.create_model`.
     image_size
@@ -55,6 +56,8 @@ class BLEEP(ContrastiveModule):
         Load timm's pretrained weights (network).
     weights_path
         Local ``.safetensors``/``.pth`` weights for the backbone.
+    freeze_backbone
+        Keep the backbone's weights fixed and train only the heads.
     dim
         Embedding width.
     dropout
@@ -99,6 +102,7 @@ class BLEEP(ContrastiveModule):
         dim: int = 256,
         dropout: float = 0.1,
         temperature: float = 1.0,
+        freeze_backbone: bool = False,
     ) -> None:
         config = {
             **_tower_config(
@@ -111,6 +115,7 @@ class BLEEP(ContrastiveModule):
                 dim=dim,
                 dropout=dropout,
                 temperature=temperature,
+                freeze_backbone=freeze_backbone,
             ),
         }
         self._init_two_tower(n_genes, config)

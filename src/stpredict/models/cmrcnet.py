@@ -39,8 +39,10 @@ class CMRCNet(BLEEP):
         Length of the expression vectors.
     preset
         Name of the preset these values came from (selects the training defaults).
-    backbone, backbone_kwargs, image_size, pretrained, weights_path
-        The timm image encoder (see :func:`~stpredict.models.build_image_encoder`).
+    backbone, backbone_kwargs, image_size, pretrained, weights_path, freeze_backbone
+        The timm image encoder (see :func:`~stpredict.models.build_image_encoder`;
+        ``backbone="features"`` for precomputed embeddings). ``freeze_backbone``: keep the
+        encoder's weights fixed and train only the heads.
     dim
         Embedding and token width.
     dropout
@@ -114,6 +116,7 @@ class CMRCNet(BLEEP):
         dim: int = 256,
         dropout: float = 0.1,
         temperature: float = 1.0,
+        freeze_backbone: bool = False,
         reconstruction: Literal["mse", "cosine"] | None = "mse",
         mask_ratio: float = 0.5,
         mask_in_eval: bool = True,
@@ -144,6 +147,7 @@ class CMRCNet(BLEEP):
                 dim=dim,
                 dropout=dropout,
                 temperature=temperature,
+                freeze_backbone=freeze_backbone,
             ),
             "reconstruction": reconstruction,
             "mask_ratio": float(mask_ratio),
@@ -208,8 +212,7 @@ class CMRCNet(BLEEP):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of a batch: ``"loss"``, ``"contrastive"`` (mean), ``"reconstruction"``."""
         image, expression = batch["image"], batch["expression"]
-        self._check_image(image)
-        tokens = self.image_encoder(image)
+        tokens = self.image_tokens(image)
         img = self.image_projection(_pool_tokens(tokens))
         expr = self.encode_expression(expression, batch.get("coords"))
         contrastive = soft_clip_loss(expr, img, self.config["temperature"], reduction="none")

@@ -50,8 +50,10 @@ class MclSTExp(ContrastiveModule):
         Length of the expression vectors.
     preset
         Name of the preset these values came from (selects the training defaults).
-    backbone, backbone_kwargs, image_size, pretrained, weights_path
-        The timm image encoder (see :func:`~stpredict.models.build_image_encoder`).
+    backbone, backbone_kwargs, image_size, pretrained, weights_path, freeze_backbone
+        The timm image encoder (see :func:`~stpredict.models.build_image_encoder`;
+        ``backbone="features"`` for precomputed embeddings). ``freeze_backbone``: keep the
+        encoder's weights fixed and train only the heads.
     dim
         Embedding width.
     dropout
@@ -110,6 +112,7 @@ class MclSTExp(ContrastiveModule):
         dim: int = 256,
         dropout: float = 0.1,
         temperature: float = 1.0,
+        freeze_backbone: bool = False,
         depth: int = 2,
         heads: int = 8,
         head_dim: int = 64,
@@ -134,6 +137,7 @@ class MclSTExp(ContrastiveModule):
                 dim=dim,
                 dropout=dropout,
                 temperature=temperature,
+                freeze_backbone=freeze_backbone,
             ),
             "depth": int(depth),
             "heads": int(heads),

@@ -10,7 +10,7 @@ import numpy as np
 
 from stpredict._logging import logger
 from stpredict._settings import settings
-from stpredict._validation import check_int, check_number, check_some_counts
+from stpredict._validation import check_image_input, check_int, check_number, check_some_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -132,6 +132,8 @@ def fit(
     layer: str | None = None,
     pretrained: bool = False,
     weights_path: str | os.PathLike | None = None,
+    freeze_backbone: bool = False,
+    image_features: str | None = None,
     progress: bool = True,
     **model_kwargs: Any,
 ) -> STPredictModel:
@@ -207,6 +209,17 @@ def fit(
         Start the image backbone from timm's pretrained weights (downloads them).
     weights_path
         Start the image backbone from a local state dict (``.safetensors`` or a torch file).
+    freeze_backbone
+        Keep the image backbone's weights fixed (use with ``pretrained`` or ``weights_path``, e.g.
+        a pathology foundation model): each patch and its 8 flips/rotations are embedded **once**,
+        cached, and only the heads are trained, so an epoch costs no backbone pass. Stain jitter
+        and translation are off (the cache is made once); flips/rotations remain augmentation.
+    image_features
+        Train on precomputed patch embeddings instead of pixels: the key of ``obsm`` of the spots'
+        table (e.g. ``"X_uni"``), or of a SpatialData table whose rows are named by spot id (as
+        LazySlide / sopa style pipelines write). The image tower is then a projection of the
+        standardised features (``backbone="features"``); no patch is cut, and
+        :func:`~stpredict.tl.predict` reads the same key from the slides it predicts.
     progress
         Show progress bars.
     **model_kwargs
@@ -241,6 +254,9 @@ def fit(
     cls, config, preset = _network_config(
         method, preset, dev, image_size, pretrained, weights_path, model_kwargs
     )
+    weights = config.get("pretrained", False), config.get("weights_path")  # hub backbones resolved
+    check_image_input(freeze_backbone, image_features, *weights, what="fit")
+    config["freeze_backbone"] = bool(freeze_backbone)
     seed = _optional(check_int, settings.seed if seed is None else seed, "seed", minimum=0)
     workers = settings.num_workers if num_workers is None else num_workers
     num_workers = _optional(check_int, workers, "num_workers", minimum=0)
@@ -265,6 +281,7 @@ def fit(
         data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
     )
     expr = _expression(sd, genes, n_top_genes, library_key)
+    features = None if image_features is None else _read_features(sd, image_features, data, config)
 
     # ---- 3. network and recipe
     import torch
@@ -272,11 +289,22 @@ def fit(
     torch.manual_seed(seed)
     module = cls(len(expr.genes), **config)
     recipe = Recipe.resolve(module.training_defaults, overrides, max_epochs=settings.max_epochs)
+    recipe = recipe.for_input(features=features is not None, frozen=bool(freeze_backbone))
 
-    # ---- 4. patches, split, datasets
+    # ---- 4. image input (patches, cached or precomputed features), split, datasets
     data_parts = build_datasets(
-        sd, expr.values, module, recipe, patch_size_um=patch_size_um, seed=seed, progress=progress
+        sd,
+        expr.values,
+        module,
+        recipe,
+        patch_size_um=patch_size_um,
+        seed=seed,
+        progress=progress,
+        features=features,
+        device=dev,
     )
+    if features is not None:
+        module.image_encoder.fit_standardisation(torch.from_numpy(features[data_parts.train_idx]))
     logger.info(
         f"fit: training {method} ({preset!r} preset) on {data_parts.n_train} spots, validating on "
         f"{data_parts.n_val}, {recipe.epochs} epoch(s) of batch {recipe.batch_size} on {dev}"
@@ -290,6 +318,7 @@ def fit(
         "genes": list(expr.genes),
         "target_sum": expr.target_sum,
         "patch_size_um": patch_size_um,
+        "image_features": image_features,
         "image_size": recipe.image_size,
         "recipe": recipe.fingerprint(),
         "n_spots": len(sd.obs_names),
@@ -327,6 +356,7 @@ def fit(
         device=dev,
         checkpoint_dir=checkpoint_dir,
         library_key=library_key,
+        image_features=image_features,
     )
     _LAST_MODEL["model"] = model
     logger.info(
@@ -363,7 +393,44 @@ def _network_config(method, preset, device, image_size, pretrained, weights_path
         config["pretrained"] = True
     if weights_path is not None:
         config["weights_path"] = str(weights_path)
+    _resolve_hub(config, image_size is not None, model_kwargs.get("backbone_kwargs") or {})
     return cls, config, preset
+
+
+def _resolve_hub(config: dict[str, Any], image_size_given: bool, user_kwargs: dict[str, Any]) -> None:
+    """An ``hf-hub:`` / ``local-dir:`` backbone becomes its timm architecture, arguments and weights file.
+
+    The folder's ``model_args`` replace the preset's backbone arguments; the user's
+    ``backbone_kwargs`` override single entries.
+    """
+    from stpredict.models._encoders import HUB_PREFIXES, resolve_hub_backbone
+
+    name = config.get("backbone")
+    if not isinstance(name, str) or not name.startswith(HUB_PREFIXES):
+        return
+    if config.get("weights_path") is not None:
+        raise ValueError(f"fit: backbone={name!r} brings its weights; do not also pass `weights_path`.")
+    hub = resolve_hub_backbone(name)
+    args = {**hub.model_args, **user_kwargs}
+    size = args.pop("img_size", None)
+    if size is not None and not image_size_given:
+        config["image_size"] = int(size if np.ndim(size) == 0 else size[0])
+    config.update(
+        backbone=hub.architecture, backbone_kwargs=args, weights_path=str(hub.weights), pretrained=False
+    )
+    logger.info(f"fit: backbone {name} → timm {hub.architecture!r} {args}, weights {hub.weights}")
+
+
+def _read_features(sd, key: str, data, config: dict[str, Any]) -> np.ndarray:
+    """The spots' precomputed features; the network's image tower becomes ``backbone="features"``."""
+    from stpredict.data._features import spot_features
+    from stpredict.models._encoders import FEATURES
+
+    features = spot_features(sd, key, data, what="fit")
+    config.update(backbone=FEATURES, backbone_kwargs={"in_features": int(features.shape[1])})
+    config.update(pretrained=False, weights_path=None)
+    logger.info(f"fit: image input: {features.shape[1]} precomputed features per spot from {key!r}")
+    return features
 
 
 class _Expression(NamedTuple):
@@ -432,6 +499,7 @@ def _fitted_model(
     device,
     checkpoint_dir,
     library_key,
+    image_features=None,
 ) -> STPredictModel:
     """The :class:`STPredictModel` with its reference bank of every spot."""
     from stpredict.models import STPredictModel
@@ -441,7 +509,12 @@ def _fitted_model(
         module,
         genes=expr.genes,
         normalization={"target_sum": expr.target_sum, "log1p": True},
-        patch={"patch_size_um": patch_size_um, "size": recipe.image_size, "tta": recipe.tta},
+        patch={
+            "patch_size_um": patch_size_um,
+            "size": recipe.image_size,
+            "tta": recipe.tta,
+            "features": image_features,
+        },
         history=result.history,
         training={
             "preset": preset,
@@ -465,20 +538,24 @@ def _fitted_model(
         coords=parts.coords,
         device=device,
     )
-    model.retrieval["ood_reference"] = _ood_reference(model, parts.central_patches(recipe.image_size), device)
+    inputs = parts.features if image_features is not None else parts.central_patches(recipe.image_size)
+    model.retrieval["ood_reference"] = _ood_reference(model, inputs, device)
     model.module.to("cpu")
     return model
 
 
-def _ood_reference(model: STPredictModel, patches: np.ndarray, device: str) -> dict[str, float]:
-    """The training spots' image-to-bank similarity (themselves left out): the OOD yardstick."""
+def _ood_reference(model: STPredictModel, inputs: np.ndarray, device: str) -> dict[str, float]:
+    """The training spots' image-to-bank similarity (themselves left out): the OOD yardstick.
+
+    ``inputs``: the spots' patches, or their precomputed features for a ``backbone="features"`` model.
+    """
     from stpredict.retrieval import ood_reference, topk_cosine
 
     keys = model.bank["embeddings"]
     k = min(int(model.retrieval.get("k", 50)), len(keys) - 1)
     if k < 1:
         return {"median": 1.0, "scale": 1.0}
-    queries = model.embed_images(patches, device=device, progress=False)
+    queries = model.embed_inputs(inputs, device=device, progress=False)
     idx, sims = topk_cosine(queries, keys, k + 1, device=device)
     not_self = idx != np.arange(len(idx))[:, None]
     rows = [s[m][:k] for s, m in zip(sims, not_self)]

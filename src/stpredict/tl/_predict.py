@@ -11,7 +11,7 @@ import pandas as pd
 
 from stpredict._constants import WEIGHTINGS, ood_key, std_key, truth_key
 from stpredict._logging import logger
-from stpredict._validation import check_key, is_spatialdata, spatialdata_table
+from stpredict._validation import check_int, check_key, is_spatialdata, spatialdata_table
 
 from ._fit import gene_indices, last_model, resolve_device
 from ._results import (
@@ -204,8 +204,7 @@ def predict(
 
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ValueError(f"predict: `batch_size` must be a positive integer, got {batch_size!r}.")
+    check_int(batch_size, what="predict: `batch_size`")
     if weighting is not None and weighting not in _WEIGHTINGS:
         raise ValueError(f"predict: `weighting` must be one of {_WEIGHTINGS}, got {weighting!r}.")
     dev = resolve_device(device)
@@ -246,7 +245,9 @@ def predict(
             logger.info(f"predict: the data lacks {missing} of the model's genes; no truth written")
 
     # ---- embed, retrieve, write
-    result = _retrieve(model, sd, obs_names, truth, k, weighting, dev, batch_size, uncertainty, progress)
+    result = _retrieve(
+        model, sd, data, obs_names, truth, k, weighting, dev, batch_size, uncertainty, progress
+    )
     params = _clean(
         {
             "method": model.method,
@@ -267,14 +268,27 @@ def predict(
     return _write_result(data, table, sd, result, key_added, entry(params), copy=copy, sdata_out=sdata_out)
 
 
-def _retrieve(model, sd, obs_names, truth, k, weighting, device, batch_size, uncertainty, progress) -> Result:
+def _image_input(model, sd, data, progress: bool) -> np.ndarray:
+    """The spots' patches, or their precomputed features for a model fitted with ``image_features``."""
+    key = model.patch.get("features")
+    if key:
+        from stpredict.data._features import spot_features
+
+        return spot_features(sd, key, data, what="predict")
+    return sd.extract_patches(
+        patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]), progress=progress
+    )
+
+
+def _retrieve(
+    model, sd, data, obs_names, truth, k, weighting, device, batch_size, uncertainty, progress
+) -> Result:
     """Embed the spots' patches and retrieve their expression (and spread, OOD score) from the bank."""
     from stpredict.retrieval import ood_score, retrieve
 
-    patches = sd.extract_patches(
-        patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]), progress=progress
+    queries = model.embed_inputs(
+        _image_input(model, sd, data, progress), batch_size=int(batch_size), device=device, progress=progress
     )
-    queries = model.embed_images(patches, batch_size=int(batch_size), device=device, progress=progress)
     model.module.to("cpu")
     found = retrieve(
         queries,

@@ -6,7 +6,7 @@ keywords override them. Nothing here depends on which method is trained.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -79,6 +79,21 @@ class Recipe:
             recipe = cls(**{**asdict(recipe), "select_epoch": "val_loss"})
         return recipe
 
+    def for_input(self, *, features: bool, frozen: bool) -> Recipe:
+        """Pixel augmentations off when training never sees pixels (precomputed or cached features).
+
+        A frozen backbone's cache holds the 8 flips/rotations of each patch (flips and rotations
+        stay as augmentation, and TTA at prediction); precomputed features have no views.
+        """
+        if not (features or frozen):
+            return self
+        off: dict[str, Any] = {"stain_jitter": 0.0, "translate": 0.0, **({"tta": False} if features else {})}
+        changed = [key for key, value in off.items() if getattr(self, key) != value]
+        if changed:
+            source = "precomputed features" if features else "a frozen backbone's cached features"
+            logger.info(f"fit: {', '.join(changed)} off: training reads {source}, not pixels")
+        return replace(self, **off)
+
     def loop_kwargs(self) -> dict[str, Any]:
         """Keywords of :func:`stpredict.train.train_module`."""
         return {
@@ -118,7 +133,12 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> Any:
 
 @dataclass
 class DataParts:
-    """The training and validation datasets of one fit, and what the bank needs."""
+    """The training and validation datasets of one fit, and what the bank needs.
+
+    ``patches`` are every spot's patches (``None`` when the image input is precomputed
+    ``features``); ``features`` are the network's image input when it is not pixels: precomputed
+    embeddings ``(n, F)``, or a frozen backbone's pooled output of each spot's 8 views ``(n, 8, C)``.
+    """
 
     train: Any
     val: Any
@@ -127,11 +147,14 @@ class DataParts:
     expression: np.ndarray
     coords: np.ndarray
     batch_sampler: Any
-    patches: np.ndarray
+    patches: np.ndarray | None
     margin: int
+    features: np.ndarray | None = None
 
     def central_patches(self, size: int) -> np.ndarray:
         """Every spot's patch at the model's size (the central crop when cut with a margin)."""
+        if self.patches is None:
+            raise ValueError("DataParts.central_patches: this fit reads precomputed features, not patches.")
         o = self.margin // 2
         return (
             np.ascontiguousarray(self.patches[:, o : o + size, o : o + size]) if self.margin else self.patches
@@ -159,6 +182,33 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def _dihedral_views(images: Any) -> list[Any]:
+    """The 8 flips/rotations of a batch ``[B, 3, S, S]`` (identity first)."""
+    import torch
+
+    return [torch.rot90(v, k, dims=(2, 3)) for v in (images, images.flip(3)) for k in range(4)]
+
+
+def frozen_features(
+    module: Any, patches: np.ndarray, *, device: str, batch_size: int = 128, progress: bool = True
+) -> np.ndarray:
+    """A frozen backbone's pooled output of each patch's 8 views: ``(n, 8, C)`` float32."""
+    import torch
+
+    from stpredict._progress import progress as progress_bar
+    from stpredict.data import to_tensor
+
+    module.to(device).eval()
+    out = np.empty((len(patches), 8, module.image_encoder.out_dim), np.float32)
+    starts = range(0, len(patches), batch_size)
+    with torch.inference_mode():
+        for start in progress_bar(starts, desc="embedding patches once", unit="batch", enabled=progress):
+            images = to_tensor(patches[start : start + batch_size]).to(device)
+            views = [module.pooled_features(v).float().cpu().numpy() for v in _dihedral_views(images)]
+            out[start : start + len(images)] = np.stack(views, axis=1)
+    return out
+
+
 def build_datasets(
     sd: Any,
     expression: np.ndarray,
@@ -168,20 +218,32 @@ def build_datasets(
     patch_size_um: float,
     seed: int,
     progress: bool,
+    features: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> DataParts:
-    """Cut the patches (with a margin for random translation), split, wrap in datasets."""
-    from stpredict.data import PatchDataset
+    """Split the spots and wrap their image input and expression in datasets.
+
+    The image input is the precomputed ``features`` when given; otherwise patches cut around the
+    spots (with a margin for random translation), which a frozen backbone embeds once.
+    """
+    from stpredict.data import FeatureDataset, PatchDataset
 
     size = recipe.image_size
     margin = round(size * recipe.translate)
-    patches = sd.extract_patches(
-        patch_size_um=patch_size_um * (size + margin) / size, size=size + margin, progress=progress
-    )
+    patches = None
+    if features is None:
+        patches = sd.extract_patches(
+            patch_size_um=patch_size_um * (size + margin) / size, size=size + margin, progress=progress
+        )
+        if module.config.get("freeze_backbone"):
+            features = frozen_features(module, patches, device=device, progress=progress)
     train_idx, val_idx = _split(len(sd.obs_names), recipe.val_fraction, seed)
     coords = np.asarray(sd.grid_coords, dtype=np.int64)
     crop = size if margin else None
 
     def dataset(idx: np.ndarray, train: bool) -> Any:
+        if features is not None:
+            return FeatureDataset(features[idx], expression[idx], coords=coords[idx], augment=train)
         return PatchDataset(
             patches[idx],
             expression[idx],
@@ -208,6 +270,7 @@ def build_datasets(
         batch_sampler=batch_sampler,
         patches=patches,
         margin=margin,
+        features=features,
     )
 
 

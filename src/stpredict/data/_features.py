@@ -1,0 +1,44 @@
+"""Precomputed image features of spots (``fit(image_features=...)``): where they are read from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stpredict._validation import check_key, check_matrix, is_spatialdata
+
+__all__ = ["spot_features"]
+
+
+def spot_features(sd: Any, key: str, data: Any = None, *, what: str) -> np.ndarray:
+    """The ``(n_spots, F)`` float32 features of ``sd``'s spots, in ``sd.obs_names`` order.
+
+    Read from ``obsm[key]`` of the spots' table, or, for a SpatialData ``data``, from its table
+    ``key`` (rows named by spot id, features in ``X``, as LazySlide / sopa style pipelines write).
+    """
+    key = check_key(key, what=f"{what}: `image_features`")
+    table = sd.table
+    if key in table.obsm:
+        values, names, where = table.obsm[key], table.obs_names, f"obsm[{key!r}]"
+    elif is_spatialdata(data) and key in data.tables:
+        feats = data.tables[key]
+        values, names, where = feats.X, feats.obs_names, f"sdata.tables[{key!r}].X"
+    else:
+        tables = f" or a table of the SpatialData (has {list(data.tables)})" if is_spatialdata(data) else ""
+        raise KeyError(
+            f"{what}: image_features={key!r} is not in the spots' table's obsm (has {list(table.obsm)})"
+            f"{tables}; expected (n_spots, n_features) patch embeddings."
+        )
+    matrix = check_matrix(
+        pd.DataFrame(values).to_numpy() if isinstance(values, pd.DataFrame) else values,
+        what=f"{what}: {where}",
+    )
+    if len(matrix) != len(names):
+        raise ValueError(f"{what}: {where} has {len(matrix)} rows for {len(names)} spots.")
+    order = pd.Index(names.astype(str)).get_indexer(pd.Index(sd.obs_names).astype(str))
+    if (order < 0).any():
+        missing = pd.Index(sd.obs_names)[order < 0][:5].tolist()
+        raise KeyError(f"{what}: {where} has no row for {int((order < 0).sum())} spot(s), e.g. {missing}.")
+    return np.ascontiguousarray(matrix[order])
