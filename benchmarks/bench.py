@@ -168,8 +168,9 @@ def _retrieval_worker(args: argparse.Namespace) -> None:
     reset = _reset_peak_rss()
     rss_before = _proc_status_mb("VmRSS") or _maxrss_mb()
     t0 = time.perf_counter()
-    if args.worker == "chunked":
-        res = retrieve(queries, keys, values, args.k, device=device)
+    if args.worker in ("chunked", "faiss"):
+        backend = "faiss" if args.worker == "faiss" else "torch"
+        res = retrieve(queries, keys, values, args.k, device=device, backend=backend)
         indices, prediction = res.indices, res.prediction
         search_seconds = None
     else:
@@ -196,12 +197,21 @@ def _retrieval_worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def bench_retrieval(*, queries: int, references: int, k: int, dim: int, n_genes: int, device: str) -> dict:
-    """Chunked ``retrieve`` vs the dense reference, each in its own subprocess."""
+def bench_retrieval(
+    *,
+    queries: int,
+    references: int,
+    k: int,
+    dim: int,
+    n_genes: int,
+    device: str,
+    workers: tuple[str, ...] = ("chunked", "naive"),
+) -> dict:
+    """Chunked ``retrieve`` (torch and FAISS search) vs the dense reference, each in its own subprocess."""
     result = {"queries": queries, "references": references, "k": k, "dim": dim, "genes": n_genes}
     with tempfile.TemporaryDirectory() as tmp:
         dumps = {}
-        for worker in ("chunked", "naive"):
+        for worker in workers:
             dumps[worker] = Path(tmp) / f"{worker}.npy"
             cmd = [
                 sys.executable, __file__, "--_worker", worker, "--device", device,
@@ -214,12 +224,19 @@ def bench_retrieval(*, queries: int, references: int, k: int, dim: int, n_genes:
                 result[worker] = {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
                 continue
             result[worker] = json.loads(lines[-1][len("RESULT ") :])
-        if all("seconds" in result[w] for w in ("chunked", "naive")):
-            a, b = np.load(dumps["chunked"]), np.load(dumps["naive"])
+        reference = "naive" if "naive" in workers else "chunked"
+        for worker in workers:
+            if worker == reference or not all("seconds" in result.get(w, {}) for w in (worker, reference)):
+                continue
+            a, b = np.load(dumps[worker]), np.load(dumps[reference])
             same = [set(x) == set(y) for x, y in zip(a[:, :k], b[:, :k])]
-            result["same_neighbours_fraction"] = float(np.mean(same))
-            result["max_abs_prediction_diff"] = float(np.abs(a[:, k:] - b[:, k:]).max())
-            result["speedup"] = result["naive"]["seconds"] / result["chunked"]["seconds"]
+            result[worker][f"same_neighbours_as_{reference}"] = float(np.mean(same))
+            result[worker][f"max_abs_prediction_diff_vs_{reference}"] = float(
+                np.abs(a[:, k:] - b[:, k:]).max()
+            )
+            result[worker][f"speedup_vs_{reference}"] = (
+                result[reference]["seconds"] / result[worker]["seconds"]
+            )
     return result
 
 
@@ -266,11 +283,13 @@ def _markdown(report: dict) -> str:
             lines.append(f"| {w} | {r[w]['seconds']:.2f} | {r[w][mem]:.0f} |")
         else:
             lines.append(f"| {w} | failed: {r[w]['error'][:80]} | |")
-    if "speedup" in r:
+    c = r.get("chunked", {})
+    if "speedup_vs_naive" in c:
         lines += [
             "",
-            f"Same neighbour sets: {100 * r['same_neighbours_fraction']:.2f} % of checked queries; "
-            f"max |Δ prediction| {r['max_abs_prediction_diff']:.2e}; naive/chunked time {r['speedup']:.2f}×.",
+            f"Same neighbour sets: {100 * c['same_neighbours_as_naive']:.2f} % of checked queries; "
+            f"max |Δ prediction| {c['max_abs_prediction_diff_vs_naive']:.2e}; naive/chunked time "
+            f"{c['speedup_vs_naive']:.2f}×.",
         ]
     lines += ["", f"Peak RSS of the benchmark process: {report['peak_rss_mb']:.0f} MiB", ""]
     return "\n".join(lines)
@@ -285,7 +304,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     )
     parser.add_argument("--n-genes", type=int, default=1000)
     # internal: retrieval subprocess
-    parser.add_argument("--_worker", choices=("chunked", "naive"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--retrieval-only",
+        type=int,
+        nargs=2,
+        metavar=("QUERIES", "REFERENCES"),
+        default=None,
+        help="only the retrieval benchmark at this size (torch-chunked and FAISS; the dense reference "
+        "too when it fits: up to 50,000 x 50,000)",
+    )
+    parser.add_argument(
+        "--_worker", choices=("chunked", "faiss", "naive"), default=None, help=argparse.SUPPRESS
+    )
     parser.add_argument("--_queries", type=int, default=50_000, help=argparse.SUPPRESS)
     parser.add_argument("--_references", type=int, default=20_000, help=argparse.SUPPRESS)
     parser.add_argument("--_k", type=int, default=50, help=argparse.SUPPRESS)
@@ -310,6 +340,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
+    if args.retrieval_only:
+        return _retrieval_only(*args.retrieval_only, n_genes=args.n_genes, device=args.device, out=args.out)
     gpu = device.type == "cuda"
     quick = args.quick
     out = args.out or ROOT / "results" / f"bench_{device.type}{'_quick' if quick else ''}.json"
@@ -378,6 +410,23 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(md)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return report
+
+
+def _retrieval_only(queries: int, references: int, *, n_genes: int, device: str, out: Path | None) -> dict:
+    """``--retrieval-only Q R``: memory and time of retrieval at a large size, as JSON."""
+    workers = ("chunked", "faiss") + (("naive",) if queries * references <= 50_000 * 50_000 else ())
+    if device != "cpu":
+        workers = tuple(w for w in workers if w != "faiss")
+    print(f"retrieval: {queries} x {references} ({', '.join(workers)}) ...", flush=True)
+    result = bench_retrieval(
+        queries=queries, references=references, k=50, dim=256, n_genes=n_genes, device=device, workers=workers
+    )
+    result["environment"] = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "device": device}
+    out = out or ROOT / "results" / f"retrieval_{queries}x{references}_{device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

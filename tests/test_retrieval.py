@@ -220,3 +220,26 @@ def test_resolve_device():
         resolve_device("gpu0")
     with pytest.raises(TypeError, match="device must be a str"):
         resolve_device(3)
+
+
+# -- FAISS backend ------------------------------------------------------------------------------
+
+
+def test_faiss_backend_matches_the_exact_search(rng):
+    pytest.importorskip("faiss")
+    keys = rng.normal(size=(3000, 24)).astype(np.float32)
+    queries = rng.normal(size=(257, 24)).astype(np.float32)
+    i_t, s_t = topk_cosine(queries, keys, 10)
+    i_f, s_f = topk_cosine(queries, keys, 10, backend="faiss", chunk_size=100)
+    np.testing.assert_allclose(s_f, s_t, atol=1e-5)
+    assert (i_f == i_t).mean() > 0.999  # the same neighbours (ties aside)
+    vals = rng.random((3000, 5))
+    a = retrieve(queries, keys, vals, 10, backend="faiss").prediction
+    b = retrieve(queries, keys, vals, 10).prediction
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unknown_backend_is_named(rng):
+    keys = rng.normal(size=(5, 3))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        topk_cosine(keys, keys, 2, backend="annoy")

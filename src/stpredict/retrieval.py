@@ -28,6 +28,8 @@ __all__ = [
 
 Weighting = Literal["mean", "inverse_distance2", "softmax"]
 _WEIGHTINGS = ("mean", "inverse_distance2", "softmax")
+Backend = Literal["torch", "faiss"]
+_BACKENDS = ("torch", "faiss")
 # Largest number of keys compared with one chunk of queries at once; bigger banks are split and
 # the running top-k is merged across the splits.
 _KEY_CHUNK = 65_536
@@ -101,6 +103,7 @@ def topk_cosine(
     chunk_size: int = 2048,
     key_chunk_size: int = _KEY_CHUNK,
     device: str | torch.device | None = None,
+    backend: Backend = "torch",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the ``k`` keys most cosine-similar to each query.
 
@@ -125,6 +128,10 @@ def topk_cosine(
     device
         Where to compute. ``None``: the device of ``queries``/``keys`` if they are torch tensors,
         else CPU. ``"auto"`` picks a GPU when there is one.
+    backend
+        ``"torch"`` (exact, blocked matrix products on ``device``) or ``"faiss"`` (exact inner
+        product search with FAISS's ``IndexFlatIP`` on the CPU, multi-threaded; needs
+        ``pip install faiss-cpu``). Both return the same neighbours up to ties.
 
     Returns
     -------
@@ -154,6 +161,10 @@ def topk_cosine(
     k = check_k(k, r.shape[0], what="k")
     chunk_size = check_int(chunk_size, what="chunk_size")
     key_chunk = check_int(key_chunk_size, what="key_chunk_size")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
+    if backend == "faiss":
+        return _topk_faiss(q, r, k, chunk_size)
     dev = _default_device(device, queries, keys)
 
     n_q = q.shape[0]
@@ -166,6 +177,25 @@ def topk_cosine(
             s, i = _topk_normalised(qc, keys_n, k, key_chunk)
             sims[start : start + len(qc)] = s.cpu().numpy()
             indices[start : start + len(qc)] = i.cpu().numpy()
+    return indices, sims
+
+
+def _topk_faiss(q: torch.Tensor, r: torch.Tensor, k: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk_cosine` with FAISS: an exact inner-product index of the normalised keys."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError("backend='faiss' needs FAISS: `pip install faiss-cpu`.") from err
+    keys = np.ascontiguousarray(torch.nn.functional.normalize(r.cpu(), dim=1).numpy(), dtype=np.float32)
+    index = faiss.IndexFlatIP(keys.shape[1])
+    index.add(keys)
+    n_q = q.shape[0]
+    indices = np.empty((n_q, k), dtype=np.int64)
+    sims = np.empty((n_q, k), dtype=np.float32)
+    for start in range(0, n_q, chunk_size):
+        qc = torch.nn.functional.normalize(q[start : start + chunk_size].cpu(), dim=1).numpy()
+        s, i = index.search(np.ascontiguousarray(qc, dtype=np.float32), k)
+        sims[start : start + len(qc)], indices[start : start + len(qc)] = s, i
     return indices, sims
 
 
@@ -406,6 +436,7 @@ def retrieve(
     chunk_size: int = 2048,
     device: str | torch.device | None = None,
     spread: bool = False,
+    backend: Backend = "torch",
 ) -> RetrievalResult:
     """Predict each query's values from its ``k`` most cosine-similar reference rows.
 
@@ -432,6 +463,8 @@ def retrieve(
         ``stp.settings.device``.
     spread
         Also return the weighted standard deviation of the neighbours' values (``spread``).
+    backend
+        Nearest-neighbour search: ``"torch"`` or ``"faiss"`` (see :func:`topk_cosine`).
 
     Returns
     -------
@@ -460,7 +493,7 @@ def retrieve(
             f"values has {vals.shape[0]} rows but keys has {r.shape[0]}; each reference row needs both."
         )
     dev = _default_device(device, queries)
-    indices, sims = topk_cosine(q, r, k, chunk_size=chunk_size, device=dev)
+    indices, sims = topk_cosine(q, r, k, chunk_size=chunk_size, device=dev, backend=backend)
     dists = _neighbour_distances(q, r, indices, dev)
     kw = {
         "weighting": weighting,

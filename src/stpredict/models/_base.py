@@ -546,6 +546,25 @@ class STPredictModel:
         return out
 
     # ------------------------------------------------------------------ bank
+    def extend_bank(self, data: Any, **kwargs: Any) -> STPredictModel:
+        """Add the spots of more sequenced slides to the bank, without retraining.
+
+        See :func:`stpredict.tl._bank.extend_bank` for the keywords (``library_key``,
+        ``table_key``, ``layer``, ``device``).
+
+        Examples
+        --------
+        >>> import stpredict as stp
+        >>> adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=20)
+        >>> one, two = (adata[adata.obs["library_id"] == s].copy() for s in ("slide0", "slide1"))
+        >>> model = stp.tl.fit(one, preset="tiny", epochs=1, progress=False)
+        >>> len(model.extend_bank(two).bank["expression"])
+        72
+        """
+        from stpredict.tl._bank import extend_bank
+
+        return extend_bank(self, data, **kwargs)
+
     def set_bank(
         self,
         expression: np.ndarray,

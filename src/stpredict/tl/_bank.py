@@ -1,0 +1,106 @@
+"""Adding reference slides to a fitted model's bank without retraining."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from stpredict._logging import logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stpredict.models import STPredictModel
+
+__all__ = ["extend_bank"]
+
+
+def _reference_expression(model: STPredictModel, sd: Any) -> np.ndarray:
+    """The new spots' counts of the model's genes, normalised as the bank was."""
+    from stpredict.pp import normalize_matrix
+
+    from ._fit import gene_indices
+
+    var = pd.Index([str(v) for v in sd.var_names])
+    missing = [g for g in model.genes if g not in var]
+    if missing:
+        raise KeyError(
+            f"extend_bank: the data lacks {len(missing)} of the model's {len(model.genes)} genes, "
+            f"e.g. {missing[:5]}; a reference slide needs every gene the model predicts."
+        )
+    counts = sd.counts[:, gene_indices(var, model.genes, "the data")]
+    target_sum = model.normalization.get("target_sum")
+    return np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32)
+
+
+def _check_new_ids(model: STPredictModel, sd: Any) -> None:
+    """New slides and spot ids must not be in the bank already (a slide added twice is refused)."""
+    slides = sorted(set(sd.libraries) & set(np.unique(model.bank["library_id"]).tolist()))
+    if slides:
+        raise ValueError(f"extend_bank: slide(s) {slides} are already in the model's bank.")
+    clash = pd.Index(sd.obs_names).astype(str).intersection(pd.Index(model.bank["obs_names"]))
+    if len(clash):
+        raise ValueError(
+            f"extend_bank: {len(clash)} spot id(s) are already in the bank, e.g. {list(clash[:5])}; "
+            "make the new slide's obs_names unique (e.g. prefix them with the slide name)."
+        )
+
+
+def extend_bank(
+    model: STPredictModel,
+    data: Any,
+    *,
+    library_key: str = "library_id",
+    table_key: str | None = None,
+    layer: str | None = None,
+    device: str = "auto",
+) -> STPredictModel:
+    """Add the spots of more sequenced slides to ``model``'s reference bank (no retraining).
+
+    The new spots' expression is normalised as the bank's (the model's target sum, ``log1p``)
+    and embedded with the trained expression encoder; predictions then retrieve from the
+    old and the new spots alike. The model is changed in place and returned.
+
+    Parameters
+    ----------
+    model
+        A fitted model with a bank.
+    data
+        AnnData or SpatialData with raw counts of every model gene (images are not needed by the
+        bank but are read to place the spots, as in :func:`stpredict.tl.fit`).
+    library_key, table_key, layer
+        As in :func:`stpredict.tl.fit`.
+    device
+        Where to embed.
+
+    Returns
+    -------
+    ``model``, with the larger bank.
+    """
+    from stpredict.data import SpotData
+
+    from ._fit import resolve_device
+
+    if model.bank is None:
+        raise ValueError("extend_bank: the model has no bank yet; fit it (or call model.set_bank) first.")
+    sd = SpotData.from_object(
+        data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
+    )
+    _check_new_ids(model, sd)
+    expression = _reference_expression(model, sd)
+    old = model.bank
+    coords = np.asarray(sd.grid_coords, dtype=np.int64)
+    embeddings = model.embed_expression(expression, coords, device=resolve_device(device))
+    model.set_bank(
+        np.concatenate([old["expression"], expression]),
+        np.concatenate([old["embeddings"], embeddings]),
+        library_id=np.concatenate([old["library_id"], np.asarray(sd.library_ids).astype(str)]),
+        obs_names=np.concatenate([old["obs_names"], np.asarray(sd.obs_names).astype(str)]),
+        coords=None if "coords" not in old else np.concatenate([old["coords"], coords]),
+    )
+    model.training["bank_libraries"] = sorted(np.unique(model.bank["library_id"]).tolist())
+    logger.info(
+        f"extend_bank: added {len(expression)} spots of {len(sd.libraries)} slide(s) {sd.libraries}; "
+        f"the bank holds {len(model.bank['expression'])} spots"
+    )
+    return model
