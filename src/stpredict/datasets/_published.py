@@ -1,4 +1,4 @@
-"""Published legacy ST datasets, fetched with pooch: her2st and the STUtility mouse olfactory bulb."""
+"""Published datasets, fetched with pooch: her2st, the STUtility mouse olfactory bulb, HEST-1k samples."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ._registry import HER2ST_SECTIONS, MOB_SECTIONS, RemoteFile, fetch, her2st_
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
+    from spatialdata import SpatialData
 
 
 def _as_sections(sections: str | Sequence[str], name: str, known: Sequence[str]) -> list[str]:
@@ -168,3 +169,33 @@ def mouse_olfactory_bulb(
     # STUtility's MOB1/MOB2 come from one animal, MOB3/MOB4 from another
     animal = {"MOB1": "animal1", "MOB2": "animal1", "MOB3": "animal2", "MOB4": "animal2"}
     return _load("mouse_olfactory_bulb", sections, mob_files, "2k", progress, patient_of=animal.get)
+
+
+def hest(ids: str | Sequence[str], *, progress: bool = True) -> SpatialData:
+    """HEST-1k samples (Jaume et al. 2024), downloaded once and read with :func:`stpredict.io.read_hest`.
+
+    The files come from the Hugging Face dataset ``MahmoodLab/hest`` (gated: accept its terms on
+    the Hub, then ``huggingface-cli login`` or set ``HF_TOKEN``; the token is sent to
+    huggingface.co only), or from the mirror ``STPREDICT_DATASETS_URL`` holding the same layout
+    under ``hest/``. They are cached in ``stp.settings.datasetdir``; whole-slide images are large
+    (hundreds of MB to GBs each).
+
+    Parameters
+    ----------
+    ids
+        Sample id(s), e.g. ``"TENX95"`` or ``["NCBI783", "NCBI785"]`` (see HEST's metadata table).
+    progress
+        Show download progress bars.
+
+    Returns
+    -------
+    SpatialData, one coordinate system per sample (see :func:`stpredict.io.read_hest`).
+    """
+    from stpredict.io import read_hest
+
+    from ._registry import hest_files
+
+    names = [ids] if isinstance(ids, str) else list(ids)
+    paths = [fetch(file, progress=progress) for sample in names for file in hest_files(sample).values()]
+    root = paths[0].parents[1]  # <datasetdir>/hest
+    return read_hest(root, names)

@@ -34,6 +34,10 @@ HER2ST_IMAGES: dict[str, str] = {
 
 MOB_SECTIONS: tuple[str, ...] = ("MOB1", "MOB2", "MOB3", "MOB4")
 
+# HEST-1k (Jaume et al. 2024) on the Hugging Face Hub: a gated dataset (accept its terms, then log in)
+HEST_BASE = "https://huggingface.co/datasets/MahmoodLab/hest/resolve/main"
+_HF_HOST = "https://huggingface.co/"
+
 # sha256 of the published files, by folder (a file not listed is downloaded unverified, with a warning).
 _HER2ST_SHA256: dict[str, str] = {
     "ST-cnts/C2.tsv.gz": "c1c59ea6cffae36b9ecb561b8e2a97e3aa5f4085f748e991a0e330ed9d09773d",
@@ -124,6 +128,36 @@ def mob_files(section: str) -> dict[str, RemoteFile]:
     }
 
 
+def hest_files(sample: str) -> dict[str, RemoteFile]:
+    """The spots (``st``), whole-slide image (``wsi``) and metadata of one HEST-1k sample.
+
+    HEST publishes no checksums next to the files, so they are downloaded unverified (a warning
+    says so) and cached.
+    """
+    from stpredict._validation import check_key
+
+    check_key(sample, what="hest: sample id")
+    paths = {"st": f"st/{sample}.h5ad", "wsi": f"wsis/{sample}.tif", "metadata": f"metadata/{sample}.json"}
+    return {kind: RemoteFile(f"hest/{path}", f"{HEST_BASE}/{path}", None) for kind, path in paths.items()}
+
+
+def _auth_headers(url: str) -> dict[str, str]:
+    """A Hugging Face token (``HF_TOKEN`` or ``huggingface-cli login``) for huggingface.co URLs only."""
+    if not url.startswith(_HF_HOST):
+        return {}  # never send the token to a mirror
+    import os
+
+    token = os.environ.get("HF_TOKEN")
+    if token is None:
+        try:
+            from huggingface_hub import get_token
+
+            token = get_token()
+        except ImportError:  # pragma: no cover - huggingface_hub comes with timm
+            token = None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def url_for(file: RemoteFile) -> str:
     """The URL a file is fetched from: the mirror ``settings.datasets_url`` when set, else the public one."""
     base = settings.datasets_url
@@ -171,7 +205,7 @@ def fetch(file: RemoteFile, *, progress: bool = True) -> Path:
             known_hash=known_hash,
             fname=target.name,
             path=target.parent,
-            progressbar=_progressbar(progress),
+            downloader=pooch.HTTPDownloader(progressbar=_progressbar(progress), headers=_auth_headers(url)),
         )
     except OSError as err:  # requests' ConnectionError / Timeout / HTTPError are OSErrors
         mirror = settings.datasets_url
