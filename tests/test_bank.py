@@ -16,7 +16,7 @@ def slides():
     return [adata[adata.obs["library_id"] == f"slide{i}"].copy() for i in range(3)]
 
 
-@pytest.fixture()
+@pytest.fixture
 def model(slides):
     return stp.tl.fit(slides[0], **FIT)
 

@@ -100,7 +100,11 @@ def test_datasets_hest_downloads_through_the_mirror(hest_root, tmp_path, monkeyp
         again = stp.datasets.hest("SYN1", progress=False)  # cached: no second download
     finally:
         server.close()
-    assert sorted(server.requests) == ["/hest/metadata/SYN1.json", "/hest/st/SYN1.h5ad", "/hest/wsis/SYN1.tif"]
+    assert sorted(server.requests) == [
+        "/hest/metadata/SYN1.json",
+        "/hest/st/SYN1.h5ad",
+        "/hest/wsis/SYN1.tif",
+    ]
     assert (tmp_path / "cache" / "hest" / "wsis" / "SYN1.tif").is_file()
     assert sdata.tables["table"].n_obs == again.tables["table"].n_obs == 64
 

@@ -572,6 +572,39 @@ def _finest(element: Any, *, what: str):
     return arr.transpose("y", "x", "c").data
 
 
+def _centres_and_radii(gdf: Any, pos: np.ndarray, *, what: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Centres ``(n, 2)`` and radii of the shapes at ``pos``, and whether they are polygons.
+
+    Circles as given; polygons (Visium HD squares, cells) by their centroid and the radius of the
+    circle of the same area.
+    """
+    geometry = gdf.geometry.iloc[pos]
+    polygons = "radius" not in gdf.columns
+    if polygons:
+        kinds = set(geometry.geom_type)
+        if not kinds <= {"Polygon", "MultiPolygon"}:
+            raise ValueError(
+                f"{what} has no 'radius' column and geometries {sorted(kinds)}; expected circles or polygons."
+            )
+        centres = geometry.centroid
+        radius = np.sqrt(geometry.area.to_numpy(np.float64) / np.pi)
+    else:
+        centres = geometry
+        radius = gdf["radius"].to_numpy(np.float64)[pos]
+    xy = check_coordinates(
+        np.column_stack([centres.x.to_numpy(), centres.y.to_numpy()]), len(pos), what=f"{what} centres"
+    )
+    if not np.isfinite(radius).all() or (radius <= 0).any():
+        raise ValueError(f"{what}: shape sizes (radius, or polygon area) must be finite and positive.")
+    return xy, radius, polygons
+
+
+def _has_pixel_size(uns_spatial: Mapping[str, Any], lib: str, region: str) -> bool:
+    entry = uns_spatial.get(lib, uns_spatial.get(region, {}))
+    sf = entry.get("scalefactors", {}) if isinstance(entry, Mapping) else {}
+    return any(k in sf for k in ("microns_per_pixel", "microns_per_pixel_x"))
+
+
 def _from_spatialdata(
     sdata: Any,
     *,
@@ -658,10 +691,6 @@ def _from_spatialdata(
             )
         gdf = sdata.shapes[region]
         swhat = f"sdata.shapes[{region!r}]"
-        if "radius" not in gdf.columns:
-            raise ValueError(
-                f"{swhat} has no 'radius' column; expected circles (Visium-like spots), not polygons."
-            )
         ids = table.obs[instance_key].to_numpy()[mask]
         pos = pd.Index(gdf.index).get_indexer(ids)
         if (pos < 0).any():
@@ -669,14 +698,18 @@ def _from_spatialdata(
                 f"{what}.obs[{instance_key!r}] has ids {ids[pos < 0][:5].tolist()} that {swhat} "
                 "lacks in its index."
             )
-        xy = check_coordinates(
-            np.column_stack([gdf.geometry.x.to_numpy()[pos], gdf.geometry.y.to_numpy()[pos]]),
-            len(pos),
-            what=f"{swhat} centres",
-        )
-        radius = gdf["radius"].to_numpy(np.float64)[pos]
-        if not np.isfinite(radius).all() or (radius <= 0).any():
-            raise ValueError(f"{swhat}['radius'] must be finite and positive.")
+        xy, radius, polygons = _centres_and_radii(gdf, pos, what=swhat)
+        if (
+            polygons
+            and um_override is None
+            and spot_diameter_um is None
+            and not _has_pixel_size(uns_spatial, lib, region)
+        ):
+            raise ValueError(
+                f"{swhat} holds polygons (e.g. Visium HD bins) and nothing gives their pixel size: "
+                f"record 'microns_per_pixel' in {what}.uns['spatial'][{lib!r}]['scalefactors'], or pass "
+                "`microns_per_pixel=` or `spot_diameter_um=` (the bin side)."
+            )
 
         # which image
         img_name = None
@@ -735,10 +768,8 @@ def _from_spatialdata(
             diam_full = sf.get("spot_diameter_fullres")
             if spot_diameter_um is not None:
                 um_shape = (spot_diameter_um / (2 * r),) * 2
-            elif (
-                recorded is not None
-                and diam_full is not None
-                and np.isclose(2 * r, float(diam_full), rtol=0.01)
+            elif recorded is not None and (
+                polygons or (diam_full is not None and np.isclose(2 * r, float(diam_full), rtol=0.01))
             ):
                 um_shape = recorded  # circles in full-resolution pixels of a recorded pixel size
             else:
