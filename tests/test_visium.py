@@ -107,3 +107,17 @@ def test_space_ranger_output_fits_and_predicts(tmp_path, reader):
     sd = stp.data.SpotData.from_object(test)
     um_per_hires_px = 55.0 / 99.0 / 0.2
     assert sd.images[library].um_per_px[0] == pytest.approx(um_per_hires_px, rel=1e-6)
+
+
+def test_spatialdata_io_visium_fits_and_predicts(tmp_path):
+    spatialdata_io = pytest.importorskip("spatialdata_io")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train = spatialdata_io.visium(space_ranger_folder(tmp_path / "a", seed=0), dataset_id="a")
+        test = spatialdata_io.visium(space_ranger_folder(tmp_path / "b", seed=1), dataset_id="b")
+    assert sorted(train.images) == ["a_hires_image", "a_lowres_image"]  # two images for the spots
+    model = stp.tl.fit(train, preset="tiny", epochs=2, seed=0, progress=False, n_top_genes=N_GENES)
+    sd = stp.data.SpotData.from_object(train)
+    assert sd.images["a"].name == "a_hires_image"  # the finer of the two
+    stp.tl.predict(test, model=model, progress=False)
+    assert np.isfinite(stp.tl.evaluate(test)["pearson_r"]).all()

@@ -572,6 +572,41 @@ def _finest(element: Any, *, what: str):
     return arr.transpose("y", "x", "c").data
 
 
+def _finest_image(sdata: Any, gdf: Any, systems: set[str], *, what: str, region: str) -> str:
+    """The image sharing a coordinate system with the shapes: the only one, or the finest level.
+
+    Several images that cover the same region (spatialdata-io's Visium ``hires`` and ``lowres``)
+    are resolutions of one slide: the finest is read. Images covering different regions are
+    ambiguous: an error asks for ``images=`` / ``image_key=``.
+    """
+    cands = [k for k, el in sdata.images.items() if _systems(el) & systems]
+    hint = f"pass `images={{{region!r}: <image name>}}` or `image_key=`."
+    if not cands:
+        raise ValueError(f"{what}: no image shares a coordinate system with it ({sorted(systems)}); {hint}")
+    if len(cands) == 1:
+        return cands[0]
+
+    def footprint(name: str) -> tuple[np.ndarray, float]:
+        """The image's corners in shape units, and its pixels per shape unit."""
+        element = sdata.images[name]
+        cs = sorted(_systems(element) & systems)[0]
+        to_px = np.linalg.inv(_affine(element, cs)) @ _affine(gdf, cs)
+        h, w = _finest(element, what=name).shape[:2]
+        to_shape = np.linalg.inv(to_px)
+        corners = np.array([[0, 0, 1], [w, h, 1]], dtype=np.float64) @ to_shape.T
+        return corners[:, :2], float(abs(np.linalg.det(to_px[:2, :2])))
+
+    prints = {name: footprint(name) for name in cands}
+    ref = prints[cands[0]][0]
+    size = float(np.abs(ref[1] - ref[0]).max())
+    same_region = all(np.allclose(c, ref, atol=0.02 * size) for c, _ in prints.values())
+    ranked = sorted(cands, key=lambda name: prints[name][1], reverse=True)
+    if not same_region or np.isclose(prints[ranked[0]][1], prints[ranked[1]][1], rtol=1e-6):
+        raise ValueError(f"{what}: {len(cands)} images {cands} share a coordinate system with it; {hint}")
+    logger.info(f"SpotData: {what} is read on {ranked[0]!r}, the finest resolution of {cands}")
+    return ranked[0]
+
+
 def _centres_and_radii(gdf: Any, pos: np.ndarray, *, what: str) -> tuple[np.ndarray, np.ndarray, bool]:
     """Centres ``(n, 2)`` and radii of the shapes at ``pos``, and whether they are polygons.
 
@@ -725,13 +760,7 @@ def _from_spatialdata(
             )
         wanted_cs = {coordinate_system} if coordinate_system is not None else shp_cs
         if img_name is None:
-            cands = [k for k, el in sdata.images.items() if _systems(el) & wanted_cs]
-            if len(cands) != 1:
-                raise ValueError(
-                    f"{swhat}: {len(cands)} images {cands} share a coordinate system with it "
-                    f"({sorted(wanted_cs)}); pass `images={{{region!r}: <image name>}}` or `image_key=`."
-                )
-            img_name = cands[0]
+            img_name = _finest_image(sdata, gdf, wanted_cs, what=swhat, region=region)
         element = sdata.images[img_name]
         iwhat = f"sdata.images[{img_name!r}]"
         common = sorted(_systems(element) & wanted_cs)
