@@ -159,6 +159,26 @@ with tempfile.TemporaryDirectory() as tmp:
     ),
     (
         "md",
+        """## Your own slides
+
+The same calls take the objects the scverse readers return:
+
+- **Visium** (Space Ranger `outs/`): `sq.read.visium("outs/")` or `sc.read_visium("outs/")` give an
+  AnnData in the convention used above (RGBA PNGs and any library id are fine; the pixel size comes
+  from the 55 µm spot diameter); `spatialdata_io.visium("outs/", dataset_id="s1")` gives a
+  SpatialData whose spots are read on the finer of its hires / lowres images.
+- **Visium HD**: `stp.pp.bin_spots(sdata, diameter_um=55, spacing_um=100)` pools the 2/8/16 µm bins
+  into spot-sized pseudo-spots (the bins themselves, as polygons, are accepted as well).
+- **Xenium and other cell- or transcript-level data**:
+  `stp.pp.pseudo_spots(sdata, microns_per_unit=1.0)` pools cells (a table of cell shapes) or
+  transcripts (`points_key="transcripts"`) the same way.
+- **HEST-1k samples**: `stp.io.read_hest(root, ids)` (a local copy) or `stp.datasets.hest(ids)`.
+- **Precomputed patch embeddings** (e.g. a pathology foundation model run with LazySlide or
+  sopa): `stp.tl.fit(sdata, image_features="X_uni")`; a frozen pretrained encoder:
+  `stp.tl.fit(sdata, backbone="hf-hub:MahmoodLab/UNI", freeze_backbone=True)`.""",
+    ),
+    (
+        "md",
         """## Save and reload
 
 Models are folders of safetensors weights and JSON: loading executes no pickled code, and predictions

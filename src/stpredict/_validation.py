@@ -335,3 +335,20 @@ def check_image_input(
             f"{what}: `image_features` replaces the image backbone; it excludes `freeze_backbone`, "
             "`pretrained` and `weights_path`."
         )
+
+
+def check_new_reference(
+    bank_libraries: Any, bank_obs_names: Any, libraries: Sequence[str], obs_names: Any, *, what: str
+) -> None:
+    """Slides and spot ids added to a reference bank must not be in it already."""
+    slides = sorted(
+        set(map(str, libraries)) & set(np.unique(np.asarray(bank_libraries).astype(str)).tolist())
+    )
+    if slides:
+        raise ValueError(f"{what}: slide(s) {slides} are already in the model's bank.")
+    clash = pd.Index(obs_names).astype(str).intersection(pd.Index(np.asarray(bank_obs_names).astype(str)))
+    if len(clash):
+        raise ValueError(
+            f"{what}: {len(clash)} spot id(s) are already in the bank, e.g. {list(clash[:5])}; "
+            "make the new slide's obs_names unique (e.g. prefix them with the slide name)."
+        )

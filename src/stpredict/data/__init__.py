@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ._patches import SlideImage
-from ._spotdata import DEFAULT_SPOT_DIAMETER_UM, SpotData
+from ._spotdata import DEFAULT_SPOT_DIAMETER_UM, SlidePatches, SpotData
 
 _TORCH_NAMES = (
     "PatchDataset",
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
         to_tensor,
     )
 
-__all__ = ["SpotData", "SlideImage", "DEFAULT_SPOT_DIAMETER_UM", *_TORCH_NAMES]
+__all__ = ["SpotData", "SlideImage", "SlidePatches", "DEFAULT_SPOT_DIAMETER_UM", *_TORCH_NAMES]
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,6 +60,12 @@ def to_tensor(
     return x[0] if single else x
 
 
+def _is_lazy(patches: Any) -> bool:
+    from ._spotdata import SlidePatches
+
+    return isinstance(patches, SlidePatches)
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """Map-style dataset of image patches and expression (picklable for DataLoader workers).
 
@@ -68,7 +75,8 @@ class PatchDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     patches
-        ``uint8`` ``(n, S, S, 3)`` RGB patches.
+        ``uint8`` ``(n, S, S, 3)`` RGB patches, or a :class:`~stpredict.data.SlidePatches` (patches
+        cut from the slide when an item is read: streaming, memory independent of ``n``).
     expression
         ``(n, G)`` normalised expression, or ``None``.
     coords
@@ -110,7 +118,7 @@ class PatchDataset(torch.utils.data.Dataset):
         std: Sequence[float] = IMAGENET_STD,
         seed: int | None = None,
     ):
-        self.patches = check_patches(patches)
+        self.patches = patches if _is_lazy(patches) else check_patches(patches)
         n = len(self.patches)
         if expression is None:
             self.expression = np.zeros((n, 0), dtype=np.float32)

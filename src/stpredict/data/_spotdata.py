@@ -831,3 +831,68 @@ def _from_spatialdata(
         table=table,
         spot_diameter_um=spot_um,
     )
+
+
+class SlidePatches:
+    """The patches of some spots, cut from their slide images only when read (a lazy array).
+
+    ``patches[i]`` reads one ``(size, size, 3)`` uint8 patch; ``patches[a:b]`` (or an integer
+    array) reads those rows as an ``(n, size, size, 3)`` array; :meth:`subset` selects spots
+    without reading anything. It pickles with its :class:`SpotData`, so DataLoader workers cut
+    their own patches (lazy dask/zarr images are pickled as their recipe, not their pixels).
+
+    Parameters
+    ----------
+    spots
+        Where the spots and images are.
+    indices
+        Positions of the spots in ``spots`` (default: all).
+    patch_size_um, size
+        As in :meth:`SpotData.extract_patches`.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> from stpredict.data import SlidePatches, SpotData
+    >>> sd = SpotData.from_object(stp.datasets.synthetic(n_slides=1, n_spots_per_side=4))
+    >>> lazy = SlidePatches(sd, patch_size_um=100, size=16)
+    >>> lazy.shape, lazy[0].shape
+    ((16, 16, 16, 3), (16, 16, 3))
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, spots: SpotData, indices: Any = None, *, patch_size_um: float, size: int) -> None:
+        self.spots = spots
+        self.indices = spots._indices(indices)
+        self.patch_size_um = float(check_positive(patch_size_um, what="SlidePatches: `patch_size_um`"))
+        self.size = int(size)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.indices), self.size, self.size, 3)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, which: Any) -> SlidePatches:
+        """The patches at positions ``which`` of this set, still unread."""
+        return SlidePatches(
+            self.spots, self.indices[np.asarray(which)], patch_size_um=self.patch_size_um, size=self.size
+        )
+
+    def read(self, which: Any = slice(None), *, progress: bool = False) -> np.ndarray:
+        """Cut the patches at positions ``which`` of this set: ``(n, size, size, 3)`` uint8."""
+        idx = self.indices[which]
+        return self.spots.extract_patches(
+            idx, patch_size_um=self.patch_size_um, size=self.size, progress=progress
+        )
+
+    def __getitem__(self, which: Any) -> np.ndarray:
+        if isinstance(which, int | np.integer):
+            return self.read(np.array([int(which)]))[0]
+        return self.read(which)
+
+    def __repr__(self) -> str:
+        return f"SlidePatches({len(self)} spots, {self.patch_size_um:g} µm → {self.size} px, unread)"

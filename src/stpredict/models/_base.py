@@ -406,7 +406,8 @@ class STPredictModel:
         Parameters
         ----------
         patches
-            ``uint8`` array ``(n, S, S, 3)`` with ``S == model.patch["size"]``.
+            ``uint8`` array ``(n, S, S, 3)`` with ``S == model.patch["size"]``, or a
+            :class:`~stpredict.data.SlidePatches` (cut from the slides batch by batch).
         batch_size
             Patches per forward pass.
         device
@@ -425,7 +426,10 @@ class STPredictModel:
                 f"STPredictModel.embed_images: this model takes precomputed features "
                 f"({self.patch['features']!r}), not patches; use embed_features."
             )
-        patches = np.asarray(patches)
+        from stpredict.data import SlidePatches
+
+        if not isinstance(patches, SlidePatches):  # a SlidePatches is read batch by batch below
+            patches = np.asarray(patches)
         size = self.patch["size"]
         if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (size, size, 3):
             raise ValueError(

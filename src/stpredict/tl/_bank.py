@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict._logging import logger
+from stpredict._validation import check_new_reference
 
 if TYPE_CHECKING:  # pragma: no cover
     from stpredict.models import STPredictModel
@@ -31,19 +32,6 @@ def _reference_expression(model: STPredictModel, sd: Any) -> np.ndarray:
     counts = sd.counts[:, gene_indices(var, model.genes, "the data")]
     target_sum = model.normalization.get("target_sum")
     return np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32)
-
-
-def _check_new_ids(model: STPredictModel, sd: Any) -> None:
-    """New slides and spot ids must not be in the bank already (a slide added twice is refused)."""
-    slides = sorted(set(sd.libraries) & set(np.unique(model.bank["library_id"]).tolist()))
-    if slides:
-        raise ValueError(f"extend_bank: slide(s) {slides} are already in the model's bank.")
-    clash = pd.Index(sd.obs_names).astype(str).intersection(pd.Index(model.bank["obs_names"]))
-    if len(clash):
-        raise ValueError(
-            f"extend_bank: {len(clash)} spot id(s) are already in the bank, e.g. {list(clash[:5])}; "
-            "make the new slide's obs_names unique (e.g. prefix them with the slide name)."
-        )
 
 
 def extend_bank(
@@ -86,7 +74,9 @@ def extend_bank(
     sd = SpotData.from_object(
         data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
     )
-    _check_new_ids(model, sd)
+    check_new_reference(
+        model.bank["library_id"], model.bank["obs_names"], sd.libraries, sd.obs_names, what="extend_bank"
+    )
     expression = _reference_expression(model, sd)
     old = model.bank
     coords = np.asarray(sd.grid_coords, dtype=np.int64)

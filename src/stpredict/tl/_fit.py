@@ -134,6 +134,7 @@ def fit(
     weights_path: str | os.PathLike | None = None,
     freeze_backbone: bool = False,
     image_features: str | None = None,
+    stream: bool | None = None,
     progress: bool = True,
     **model_kwargs: Any,
 ) -> STPredictModel:
@@ -220,6 +221,10 @@ def fit(
         LazySlide / sopa style pipelines write). The image tower is then a projection of the
         standardised features (``backbone="features"``); no patch is cut, and
         :func:`~stpredict.tl.predict` reads the same key from the slides it predicts.
+    stream
+        Cut the training patches from the slides as batches are read (memory independent of the
+        number of spots; DataLoader workers read in parallel with ``num_workers``) instead of all
+        at once. ``None``: stream when the patches would take more than 2 GiB.
     progress
         Show progress bars.
     **model_kwargs
@@ -302,6 +307,7 @@ def fit(
         progress=progress,
         features=features,
         device=dev,
+        stream=stream,
     )
     if features is not None:
         module.image_encoder.fit_standardisation(torch.from_numpy(features[data_parts.train_idx]))
@@ -538,7 +544,11 @@ def _fitted_model(
         coords=parts.coords,
         device=device,
     )
-    inputs = parts.features if image_features is not None else parts.central_patches(recipe.image_size)
+    inputs = (
+        parts.features
+        if image_features is not None
+        else parts.central_patches(recipe.image_size, patch_size_um)
+    )
     model.retrieval["ood_reference"] = _ood_reference(model, inputs, device)
     model.module.to("cpu")
     return model

@@ -275,9 +275,10 @@ def _image_input(model, sd, data, progress: bool) -> np.ndarray:
         from stpredict.data._features import spot_features
 
         return spot_features(sd, key, data, what="predict")
-    return sd.extract_patches(
-        patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]), progress=progress
-    )
+    from stpredict.data import SlidePatches
+
+    # read batch by batch while embedding: memory is bounded by the batch, not the slide
+    return SlidePatches(sd, patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]))
 
 
 def _retrieve(

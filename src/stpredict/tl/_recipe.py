@@ -151,10 +151,18 @@ class DataParts:
     margin: int
     features: np.ndarray | None = None
 
-    def central_patches(self, size: int) -> np.ndarray:
-        """Every spot's patch at the model's size (the central crop when cut with a margin)."""
+    def central_patches(self, size: int, patch_size_um: float) -> Any:
+        """Every spot's patch at the model's size (the central crop when cut with a margin).
+
+        Streamed patches stay streamed: a :class:`~stpredict.data.SlidePatches` at the model's
+        size and ``patch_size_um``.
+        """
+        from stpredict.data import SlidePatches
+
         if self.patches is None:
             raise ValueError("DataParts.central_patches: this fit reads precomputed features, not patches.")
+        if isinstance(self.patches, SlidePatches):
+            return SlidePatches(self.patches.spots, patch_size_um=patch_size_um, size=size)
         o = self.margin // 2
         return (
             np.ascontiguousarray(self.patches[:, o : o + size, o : o + size]) if self.margin else self.patches
@@ -180,6 +188,25 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
         )
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+STREAM_ABOVE_BYTES = 2 * 2**30  # `stream=None`: cut patches per batch when they would take more
+
+
+def _patches(sd: Any, patch_size_um: float, size: int, stream: bool | None, progress: bool) -> Any:
+    """Every spot's patch: in memory, or a :class:`~stpredict.data.SlidePatches` read per batch."""
+    from stpredict.data import SlidePatches
+
+    nbytes = len(sd.obs_names) * size * size * 3
+    if stream is None:
+        stream = nbytes > STREAM_ABOVE_BYTES
+    if stream:
+        logger.info(
+            f"fit: streaming patches ({nbytes / 2**30:.1f} GiB if held in memory): cut from the slides "
+            "as batches are read"
+        )
+        return SlidePatches(sd, patch_size_um=patch_size_um, size=size)
+    return sd.extract_patches(patch_size_um=patch_size_um, size=size, progress=progress)
 
 
 def _dihedral_views(images: Any) -> list[Any]:
@@ -220,21 +247,22 @@ def build_datasets(
     progress: bool,
     features: np.ndarray | None = None,
     device: str = "cpu",
+    stream: bool | None = None,
 ) -> DataParts:
     """Split the spots and wrap their image input and expression in datasets.
 
     The image input is the precomputed ``features`` when given; otherwise patches cut around the
-    spots (with a margin for random translation), which a frozen backbone embeds once.
+    spots (with a margin for random translation), which a frozen backbone embeds once. With
+    ``stream`` (``None``: when the patches would take more than :data:`STREAM_ABOVE_BYTES`) the
+    patches are cut from the slide when a batch is read, never all at once.
     """
-    from stpredict.data import FeatureDataset, PatchDataset
+    from stpredict.data import FeatureDataset, PatchDataset, SlidePatches
 
     size = recipe.image_size
     margin = round(size * recipe.translate)
     patches = None
     if features is None:
-        patches = sd.extract_patches(
-            patch_size_um=patch_size_um * (size + margin) / size, size=size + margin, progress=progress
-        )
+        patches = _patches(sd, patch_size_um * (size + margin) / size, size + margin, stream, progress)
         if module.config.get("freeze_backbone"):
             features = frozen_features(module, patches, device=device, progress=progress)
     train_idx, val_idx = _split(len(sd.obs_names), recipe.val_fraction, seed)
@@ -245,7 +273,7 @@ def build_datasets(
         if features is not None:
             return FeatureDataset(features[idx], expression[idx], coords=coords[idx], augment=train)
         return PatchDataset(
-            patches[idx],
+            patches.subset(idx) if isinstance(patches, SlidePatches) else patches[idx],
             expression[idx],
             coords=coords[idx],
             augment=train and recipe.augment,
