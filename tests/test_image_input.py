@@ -248,3 +248,22 @@ def test_hub_folder_without_weights_is_named(tmp_path):
         resolve_hub_backbone(f"local-dir:{tmp_path / 'enc'}")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_hub_backbone(f"local-dir:{tmp_path / 'nothing'}")
+
+
+def test_handmade_features_are_computed_from_the_pixels(slides, tmp_path):
+    from stpredict.data import SpotData
+
+    train, test = slides
+    model = stp.tl.fit(train, image_features="handmade", epochs=2, val_fraction=0.0, **FIT)
+    patches = SpotData.from_object(train).extract_patches(patch_size_um=112, size=64, progress=False)
+    expected = stp.baselines.image_features(patches)
+    np.testing.assert_allclose(model.module.image_encoder.mean.numpy(), expected.mean(0), rtol=1e-4, atol=1e-5)
+    bare = test.copy()
+    bare.obsm.clear()  # nothing precomputed: predict cuts the patches and computes the features
+    bare.obsm["spatial"] = test.obsm["spatial"]
+    model.save(tmp_path / "m")
+    a = stp.tl.predict(bare, model=stp.models.load(tmp_path / "m"), copy=True, progress=False)
+    b = stp.tl.predict(bare, model=model, copy=True, progress=False)
+    np.testing.assert_array_equal(a.X, b.X)
+    wide = stp.tl.fit(train, image_features="handmade_context", epochs=1, **FIT)
+    assert wide.module.image_encoder.out_dim == 2 * expected.shape[1]

@@ -221,6 +221,9 @@ def fit(
         LazySlide / sopa style pipelines write). The image tower is then a projection of the
         standardised features (``backbone="features"``); no patch is cut, and
         :func:`~stpredict.tl.predict` reads the same key from the slides it predicts.
+        ``"handmade"`` computes the image-kNN baseline's colour/texture features of each spot's
+        patch from the pixels instead (at fit and at predict), ``"handmade_context"`` adds those
+        of a 3× wider patch around it (see ``docs/her2st.md`` for what they give).
     stream
         Cut the training patches from the slides as batches are read (memory independent of the
         number of spots; DataLoader workers read in parallel with ``num_workers``) instead of all
@@ -286,7 +289,9 @@ def fit(
         data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
     )
     expr = _expression(sd, genes, n_top_genes, library_key)
-    features = None if image_features is None else _read_features(sd, image_features, data, config)
+    features = (
+        None if image_features is None else _read_features(sd, image_features, data, config, patch_size_um)
+    )
 
     # ---- 3. network and recipe
     import torch
@@ -427,12 +432,12 @@ def _resolve_hub(config: dict[str, Any], image_size_given: bool, user_kwargs: di
     logger.info(f"fit: backbone {name} → timm {hub.architecture!r} {args}, weights {hub.weights}")
 
 
-def _read_features(sd, key: str, data, config: dict[str, Any]) -> np.ndarray:
+def _read_features(sd, key: str, data, config: dict[str, Any], patch_size_um: float) -> np.ndarray:
     """The spots' precomputed features; the network's image tower becomes ``backbone="features"``."""
     from stpredict.data._features import spot_features
     from stpredict.models._encoders import FEATURES
 
-    features = spot_features(sd, key, data, what="fit")
+    features = spot_features(sd, key, data, what="fit", patch_size_um=patch_size_um)
     config.update(backbone=FEATURES, backbone_kwargs={"in_features": int(features.shape[1])})
     config.update(pretrained=False, weights_path=None)
     logger.info(f"fit: image input: {features.shape[1]} precomputed features per spot from {key!r}")

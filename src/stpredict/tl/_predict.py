@@ -274,7 +274,7 @@ def _image_input(model, sd, data, progress: bool) -> np.ndarray:
     if key:
         from stpredict.data._features import spot_features
 
-        return spot_features(sd, key, data, what="predict")
+        return spot_features(sd, key, data, what="predict", patch_size_um=float(model.patch["patch_size_um"]))
     from stpredict.data import SlidePatches
 
     # read batch by batch while embedding: memory is bounded by the batch, not the slide
