@@ -341,7 +341,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
     if args.retrieval_only:
-        return _retrieval_only(*args.retrieval_only, n_genes=args.n_genes, device=args.device, out=args.out)
+        return _retrieval_only(
+            *args.retrieval_only, n_genes=args.n_genes, device=args.device, out=args.out, workers=args.workers
+        )
     gpu = device.type == "cuda"
     quick = args.quick
     out = args.out or ROOT / "results" / f"bench_{device.type}{'_quick' if quick else ''}.json"
@@ -412,9 +414,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     return report
 
 
-def _retrieval_only(queries: int, references: int, *, n_genes: int, device: str, out: Path | None) -> dict:
+def _retrieval_only(
+    queries: int, references: int, *, n_genes: int, device: str, out: Path | None, workers: list[str] | None
+) -> dict:
     """``--retrieval-only Q R``: memory and time of retrieval at a large size, as JSON."""
-    workers = ("chunked", "faiss") + (("naive",) if queries * references <= 50_000 * 50_000 else ())
+    default = ("chunked", "faiss") + (("naive",) if queries * references <= 50_000 * 50_000 else ())
+    workers = tuple(workers or default)
     if device != "cpu":
         workers = tuple(w for w in workers if w != "faiss")
     print(f"retrieval: {queries} x {references} ({', '.join(workers)}) ...", flush=True)

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> None:
                 method={name: (method, overrides)},
                 k=args.k,
                 baselines=tuple(args.baselines) if seed == args.seeds[0] else (),
+                baseline_features=args.baseline_features,
                 n_genes=50,
                 seed=seed,
                 preset="cpu",
@@ -168,6 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--baselines", nargs="*", default=["random", "oracle", "image_knn"])
+    parser.add_argument(
+        "--baseline-features",
+        default="handmade",
+        help="features of the image_knn baseline (default: %(default)s)",
+    )
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--tag", default="her2st_ablation")

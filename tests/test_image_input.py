@@ -267,3 +267,15 @@ def test_handmade_features_are_computed_from_the_pixels(slides, tmp_path):
     np.testing.assert_array_equal(a.X, b.X)
     wide = stp.tl.fit(train, image_features="handmade_context", epochs=1, **FIT)
     assert wide.module.image_encoder.out_dim == 2 * expected.shape[1]
+
+
+def test_cross_validation_knn_on_the_same_features(slides):
+    import anndata as ad
+
+    data = ad.concat(list(slides), merge="same", uns_merge="unique")
+    data.obs["library_id"] = data.obs["library_id"].astype("category")
+    kw = {"method": "cmrcnet", "preset": "tiny", "epochs": 1, "baselines": ("image_knn",), "progress": False}
+    on_pixels = stp.tl.cross_validate(data, **kw).summary.loc["image_knn"]
+    on_obsm = stp.tl.cross_validate(data, baseline_features="X_feat", **kw).summary.loc["image_knn"]
+    # the noisy programmes in X_feat describe the expression better than colour statistics do
+    assert on_obsm["heg"] > on_pixels["heg"]

@@ -23,7 +23,6 @@ _PER_GENE_COLUMNS = ["method", "fold", "library_id", "gene_set", "gene", "pearso
 _KEY = "stpredict_cv"
 # patches for the hand-made image features: the model's physical patch size, resampled to this many
 # pixels (the features are colour/texture statistics; 64 px keeps them cheap)
-_FEATURE_PATCH_PX = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,15 +242,15 @@ def _accepts(func: Any, name: str) -> bool:
 class _FeatureCache:
     """Hand-made image features per spot, extracted once per slide and reused across folds/methods."""
 
-    def __init__(self, adata: AnnData, library_key: str, spot_kwargs: dict[str, Any]):
-        self.adata, self.library_key, self.spot_kwargs = adata, library_key, spot_kwargs
+    def __init__(self, adata: AnnData, library_key: str, spot_kwargs: dict[str, Any], key: str = "handmade"):
+        self.adata, self.library_key, self.spot_kwargs, self.key = adata, library_key, spot_kwargs, key
         self.features: dict[str, np.ndarray] = {}
         self.patch_size_um: float | None = None
         self._spots = None
 
     def get(self, obs_names: Sequence[str], patch_size_um: float) -> np.ndarray:
-        from stpredict.baselines import image_features
         from stpredict.data import SpotData
+        from stpredict.data._features import spot_features
 
         if self.patch_size_um is not None and patch_size_um != self.patch_size_um:
             self.features.clear()  # a method with another patch size: recompute
@@ -271,10 +270,9 @@ class _FeatureCache:
                 continue
             idx = np.flatnonzero(sd.library_ids == lib)
             t0 = time.perf_counter()
-            patches = sd.extract_patches(
-                idx, patch_size_um=patch_size_um, size=_FEATURE_PATCH_PX, progress=False
+            feats = spot_features(
+                sd.subset(idx), self.key, self.adata, what="cross_validate", patch_size_um=patch_size_um
             )
-            feats = image_features(patches)
             full = np.full((len(sd.obs_names), feats.shape[1]), np.nan, dtype=np.float32)
             full[idx] = feats
             self.features[lib] = full
@@ -301,6 +299,7 @@ def cross_validate(
     k: int = 50,
     weighting: str | None = None,
     baselines: Sequence[str] = ("random", "oracle", "image_knn"),
+    baseline_features: str = "handmade",
     gene_sets: Sequence[str] = ("heg", "hvg"),
     markers: Sequence[str] | None = None,
     n_genes: int = 50,
@@ -353,6 +352,10 @@ def cross_validate(
         Aggregation of the ``k`` spots for the methods and the oracle; ``None``: each model's default.
     baselines
         Any of ``"random"``, ``"oracle"``, ``"image_knn"``, ``"image_ridge"``.
+    baseline_features
+        The image features of ``"image_knn"`` / ``"image_ridge"``: ``"handmade"`` (colour/texture
+        features of each spot's patch), ``"handmade_context"`` (plus a 3× wider patch), or an
+        ``obsm`` key of precomputed embeddings (as for ``fit(image_features=...)``).
     gene_sets
         Gene sets to report: ``"heg"``, ``"hvg"`` (chosen per held-out slide) and/or ``"all"``.
     markers
@@ -462,7 +465,7 @@ def cross_validate(
 
     spot_kwargs = {key: fit_kwargs[key] for key in ("table_key",) if key in fit_kwargs}
     features = (
-        _FeatureCache(data, library_key, spot_kwargs)
+        _FeatureCache(data, library_key, spot_kwargs, baseline_features)
         if {"image_knn", "image_ridge"} & set(baselines)
         else None
     )
