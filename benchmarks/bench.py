@@ -314,6 +314,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         "too when it fits: up to 50,000 x 50,000)",
     )
     parser.add_argument(
+        "--workers",
+        nargs="+",
+        choices=("chunked", "faiss", "naive"),
+        default=None,
+        help="with --retrieval-only",
+    )
+    parser.add_argument(
         "--_worker", choices=("chunked", "faiss", "naive"), default=None, help=argparse.SUPPRESS
     )
     parser.add_argument("--_queries", type=int, default=50_000, help=argparse.SUPPRESS)

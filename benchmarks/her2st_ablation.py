@@ -48,13 +48,13 @@ _STAGES: list[tuple[str, str, dict[str, Any]]] = [
 # the same heads on precomputed image input: the baseline's hand-made colour/texture features of
 # each spot's patch (FEATURES_KEY, computed once from the pixels, no expression involved)
 FEATURES_KEY = "X_handmade"
-# ... and the same features of the 112 µm patch plus a 336 µm context patch around it, concatenated
-CONTEXT_KEY = "X_handmade_context"
 _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
     ("features:handmade_30ep", "", {"image_features": FEATURES_KEY, "epochs": 30, "lr": 1e-3}),
     ("features:handmade_100ep", "features:handmade_30ep", {"epochs": 100}),
     ("features:handmade_100ep_dim64", "features:handmade_100ep", {"dim": 64}),
-    ("features:handmade+context_30ep", "features:handmade_30ep", {"image_features": CONTEXT_KEY}),
+    # ... plus those of a 336 µm context patch around the spot, computed by fit/predict themselves
+    ("features:handmade+context_30ep", "features:handmade_30ep", {"image_features": "handmade_context"}),
+    ("features:handmade+context_100ep", "features:handmade+context_30ep", {"epochs": 100}),
 ]
 
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     import stpredict as stp
 
     adata = load_her2st(args.data_dir, args.sections)
-    if any(VARIANTS[name][1].get("image_features") for name in args.variants):
+    if any(VARIANTS[name][1].get("image_features") == FEATURES_KEY for name in args.variants):
         add_handmade_features(adata)
     out = args.out / f"{args.tag}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -348,3 +348,14 @@ def test_tiny_models_learn_to_match_pairs(method):
         )
     top1 = ((img @ expr.T).argmax(dim=1) == torch.arange(16)).float().mean().item()
     assert top1 >= 0.75
+
+
+def test_methods_are_siblings_not_subclasses_of_each_other():
+    from stpredict.models import BLEEP, METHODS, CMRCNet, MclSTExp
+
+    module = CMRCNet(10, **CMRCNet.default_config("tiny"))
+    assert not isinstance(module, BLEEP)
+    for a in METHODS.values():
+        for b in METHODS.values():
+            assert a is b or not issubclass(a, b), (a, b)
+    assert not issubclass(MclSTExp, CMRCNet)

@@ -17,7 +17,7 @@ from stpredict._device import resolve_device
 from ._encoders import FeatureEncoder, build_image_encoder
 from ._layers import ProjectionHead
 
-__all__ = ["RetrievalModule", "ContrastiveModule", "STPredictModel"]
+__all__ = ["RetrievalModule", "ContrastiveModule", "ProjectedExpressionModule", "STPredictModel"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -170,6 +170,21 @@ CPU_RECIPE: dict[str, Any] = {
 }
 
 
+# The authors' training of the projection-head models (BLEEP's code, reused by CMRCNet's)
+PROJECTION_TRAINING: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "weight_decay": 1e-3,
+    "lr_min": 1e-5,
+    "scheduler": "cosine",
+    "epochs": 60,
+    "batch_size": 64,
+    "drop_last": True,
+    "augment": True,
+    "retrieval": {"k": 50, "weighting": "mean"},
+}
+
+
 def _training_presets(base: dict[str, Any], *paper_names: str) -> dict[str, dict[str, Any]]:
     """Training presets from a method's paper settings.
 
@@ -266,6 +281,21 @@ class ContrastiveModule(RetrievalModule):
                 f"{type(self).__name__}.encode_expression: expression has shape {tuple(expression.shape)}; "
                 f"expected [B, {self.n_genes}]."
             )
+
+
+class ProjectedExpressionModule(ContrastiveModule):
+    """A two-tower module whose expression encoder is one projection head (BLEEP, CMRCNet)."""
+
+    def _init_two_tower(self, n_genes: int, config: dict[str, Any]) -> None:
+        super().__init__(n_genes, config)
+        self._build_image_tower()
+        self.expression_projection = ProjectionHead(self.n_genes, config["dim"], config["dropout"])
+
+    def encode_expression(
+        self, expression: torch.Tensor, coords: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self._check_expression(expression)
+        return self.expression_projection(expression)
 
 
 def _to_tensor(patches: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -6,27 +6,19 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._base import CPU_IMAGE_TOWER, ContrastiveModule, _tower_config, _training_presets
-from ._layers import ProjectionHead
+from ._base import (
+    CPU_IMAGE_TOWER,
+    PROJECTION_TRAINING,
+    ProjectedExpressionModule,
+    _tower_config,
+    _training_presets,
+)
 from ._losses import soft_clip_loss
 
 __all__ = ["BLEEP"]
 
-_TRAINING = {
-    "optimizer": "adamw",
-    "lr": 1e-4,
-    "weight_decay": 1e-3,
-    "lr_min": 1e-5,
-    "scheduler": "cosine",
-    "epochs": 60,
-    "batch_size": 64,
-    "drop_last": True,
-    "augment": True,
-    "retrieval": {"k": 50, "weighting": "mean"},
-}
 
-
-class BLEEP(ContrastiveModule):
+class BLEEP(ProjectedExpressionModule):
     """BLEEP: timm image encoder → projection head; expression → projection head.
 
     Trained with the soft-target CLIP loss (:func:`~stpredict.models.soft_clip_loss`);
@@ -87,7 +79,7 @@ class BLEEP(ContrastiveModule):
             "dim": 32,
         },
     }
-    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(_TRAINING, "paper")
+    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(PROJECTION_TRAINING, "paper")
 
     def __init__(
         self,
@@ -119,17 +111,6 @@ class BLEEP(ContrastiveModule):
             ),
         }
         self._init_two_tower(n_genes, config)
-
-    def _init_two_tower(self, n_genes: int, config: dict[str, Any]) -> None:
-        super().__init__(n_genes, config)
-        self._build_image_tower()
-        self.expression_projection = ProjectionHead(self.n_genes, config["dim"], config["dropout"])
-
-    def encode_expression(  # noqa: D102
-        self, expression: torch.Tensor, coords: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        self._check_expression(expression)
-        return self.expression_projection(expression)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Soft-target contrastive loss of a batch (``"loss"`` = ``"contrastive"``, its mean)."""

@@ -7,15 +7,21 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import CPU_IMAGE_TOWER, _pool_tokens, _tower_config, _training_presets
+from ._base import (
+    CPU_IMAGE_TOWER,
+    PROJECTION_TRAINING,
+    ProjectedExpressionModule,
+    _pool_tokens,
+    _tower_config,
+    _training_presets,
+)
 from ._layers import CrossAttention, FusionBlock, SNNGeneTokens, feature_mask
 from ._losses import cmrcnet_total_loss, reconstruction_loss, soft_clip_loss
-from .bleep import _TRAINING, BLEEP
 
 __all__ = ["CMRCNet"]
 
 
-class CMRCNet(BLEEP):
+class CMRCNet(ProjectedExpressionModule):
     """CMRCNet: contrastive image–expression retrieval with cross-modal masked reconstruction.
 
     Image encoder: a ViT trained from scratch (authors' code: patch 32 at 224 px, width 768,
@@ -100,7 +106,7 @@ class CMRCNet(BLEEP):
         },
     }
     training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(
-        _TRAINING, "paper", "paper-vitb"
+        PROJECTION_TRAINING, "paper", "paper-vitb"
     )
 
     def __init__(
