@@ -268,7 +268,7 @@ def predict(
     return _write_result(data, table, sd, result, key_added, entry(params), copy=copy, sdata_out=sdata_out)
 
 
-def _image_input(model, sd, data, progress: bool) -> np.ndarray:
+def _image_input(model, sd, data) -> Any:
     """The spots' patches, or their precomputed features for a model fitted with ``image_features``."""
     key = model.patch.get("features")
     if key:
@@ -288,7 +288,7 @@ def _retrieve(
     from stpredict.retrieval import ood_score, retrieve
 
     queries = model.embed_inputs(
-        _image_input(model, sd, data, progress), batch_size=int(batch_size), device=device, progress=progress
+        _image_input(model, sd, data), batch_size=int(batch_size), device=device, progress=progress
     )
     model.module.to("cpu")
     found = retrieve(
