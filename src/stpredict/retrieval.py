@@ -32,7 +32,7 @@ Backend = Literal["torch", "faiss"]
 _BACKENDS = ("torch", "faiss")
 # Largest number of keys compared with one chunk of queries at once; bigger banks are split and
 # the running top-k is merged across the splits.
-_KEY_CHUNK = 65_536
+_KEY_CHUNK = 16_384  # keys per similarity block: 2,048 × 16,384 float32 = 128 MiB
 # Target number of floats per block of output rows or of gathered (queries, k, features) neighbours.
 _GATHER_FLOATS = 1 << 23
 
