@@ -60,6 +60,22 @@ def to_tensor(
     return x[0] if single else x
 
 
+def _spot_arrays(n: int, expression: Any, coords: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Expression ``(n, G)`` float32 (``(n, 0)`` when ``None``) and grid coordinates ``(n, 2)`` int64."""
+    if expression is None:
+        expr = np.zeros((n, 0), dtype=np.float32)
+    else:
+        expr = np.asarray(expression, dtype=np.float32)
+        if expr.ndim != 2 or expr.shape[0] != n:
+            raise ValueError(f"expression must have shape ({n}, n_genes), got {expr.shape}.")
+    if coords is None:
+        return expr, np.zeros((n, 2), dtype=np.int64)
+    c = np.asarray(coords)
+    if c.shape != (n, 2) or not np.issubdtype(c.dtype, np.number) or not np.isfinite(c).all():
+        raise ValueError(f"coords must be finite numbers of shape ({n}, 2), got {c.dtype} {c.shape}.")
+    return expr, c.astype(np.int64)
+
+
 def _is_lazy(patches: Any) -> bool:
     from ._spotdata import SlidePatches
 
@@ -119,21 +135,7 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: int | None = None,
     ):
         self.patches = patches if _is_lazy(patches) else check_patches(patches)
-        n = len(self.patches)
-        if expression is None:
-            self.expression = np.zeros((n, 0), dtype=np.float32)
-        else:
-            expr = np.asarray(expression, dtype=np.float32)
-            if expr.ndim != 2 or expr.shape[0] != n:
-                raise ValueError(f"expression must have shape ({n}, n_genes), got {expr.shape}.")
-            self.expression = expr
-        if coords is None:
-            self.coords = np.zeros((n, 2), dtype=np.int64)
-        else:
-            c = np.asarray(coords)
-            if c.shape != (n, 2) or not np.issubdtype(c.dtype, np.number) or not np.isfinite(c).all():
-                raise ValueError(f"coords must be finite numbers of shape ({n}, 2), got {c.dtype} {c.shape}.")
-            self.coords = c.astype(np.int64)
+        self.expression, self.coords = _spot_arrays(len(self.patches), expression, coords)
         self.augment = bool(augment)
         if not 0.0 <= float(stain_jitter) < 1.0:
             raise ValueError(f"stain_jitter must be in [0, 1), got {stain_jitter!r}.")
@@ -244,22 +246,16 @@ class FeatureDataset(torch.utils.data.Dataset):
         coords: np.ndarray | None = None,
         augment: bool = False,
     ):
-        arr = np.asarray(features)
-        views = arr if arr.ndim == 3 else arr[:, None] if arr.ndim == 2 else arr
-        flat = check_matrix(views.reshape(len(views), -1) if views.ndim == 3 else views, what="features")
+        views = np.asarray(features)
+        if views.ndim == 2:
+            views = views[:, None]  # one view per spot
+        if views.ndim != 3:
+            raise ValueError(f"features must have shape (n, F) or (n, V, F), got {views.shape}.")
+        flat = check_matrix(views.reshape(len(views), -1), what="features")
         self.features = np.ascontiguousarray(flat.reshape(views.shape))
-        n = len(self.features)
-        self.expression = (
-            np.zeros((n, 0), np.float32)
-            if expression is None
-            else check_matrix(expression, what="expression", min_rows=0)
-        )
-        self.coords = np.zeros((n, 2), np.int64) if coords is None else np.asarray(coords, dtype=np.int64)
-        for name, part in (("expression", self.expression), ("coords", self.coords)):
-            if len(part) != n:
-                raise ValueError(
-                    f"FeatureDataset: {name} must have {n} rows (one per spot), got {len(part)}."
-                )
+        if expression is not None:
+            expression = check_matrix(expression, what="expression", min_rows=0)
+        self.expression, self.coords = _spot_arrays(len(self.features), expression, coords)
         self.augment = bool(augment)
 
     def __len__(self) -> int:

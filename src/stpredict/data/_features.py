@@ -57,10 +57,7 @@ def spot_features(
             f"{what}: image_features={key!r} is not in the spots' table's obsm (has {list(table.obsm)})"
             f"{tables}; expected (n_spots, n_features) patch embeddings."
         )
-    matrix = check_matrix(
-        pd.DataFrame(values).to_numpy() if isinstance(values, pd.DataFrame) else values,
-        what=f"{what}: {where}",
-    )
+    matrix = check_matrix(values, what=f"{what}: {where}")  # arrays, sparse matrices, DataFrames
     if len(matrix) != len(names):
         raise ValueError(f"{what}: {where} has {len(matrix)} rows for {len(names)} spots.")
     order = pd.Index(names.astype(str)).get_indexer(pd.Index(sd.obs_names).astype(str))

@@ -291,11 +291,14 @@ class ProjectedExpressionModule(ContrastiveModule):
         self._build_image_tower()
         self.expression_projection = ProjectionHead(self.n_genes, config["dim"], config["dropout"])
 
-    def encode_expression(
-        self, expression: torch.Tensor, coords: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def encode_expression(self, expression: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
         self._check_expression(expression)
         return self.expression_projection(expression)
+
+
+def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips/rotations of a batch ``[B, C, S, S]`` (identity first)."""
+    return [torch.rot90(v, k, dims=(2, 3)) for v in (images, images.flip(3)) for k in range(4)]
 
 
 def _to_tensor(patches: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -420,8 +423,27 @@ class STPredictModel:
         """Image embeddings; with ``patch["tta"]`` the mean over the 8 dihedral views."""
         if not self.patch.get("tta"):
             return self.module.encode_image(images)
-        views = [torch.rot90(v, k, dims=(2, 3)) for v in (images, images.flip(3)) for k in range(4)]
-        return torch.stack([self.module.encode_image(v) for v in views]).mean(dim=0)
+        return torch.stack([self.module.encode_image(v) for v in dihedral_views(images)]).mean(dim=0)
+
+    @property
+    def _takes_features(self) -> bool:
+        return bool(getattr(self.module, "takes_features", False))
+
+    def _embed_batches(
+        self, n: int, batch_size: int, device: Any, progress: bool, desc: str, encode
+    ) -> np.ndarray:
+        """``(n, D)`` embeddings: ``encode(start, stop, device)`` for each batch, in eval mode."""
+        from stpredict._progress import progress as progress_bar
+
+        dev = resolve_device(device)
+        self.module.to(dev)
+        out = np.empty((n, self.embedding_dim), dtype=np.float32)
+        with _eval_mode(self.module), torch.inference_mode():
+            starts = range(0, n, batch_size)
+            for start in progress_bar(starts, desc=desc, unit="batch", enabled=progress):
+                stop = min(start + batch_size, n)
+                out[start:stop] = encode(start, stop, dev).float().cpu().numpy()
+        return out
 
     def embed_images(
         self,
@@ -449,9 +471,7 @@ class STPredictModel:
         -------
         ``float32`` array ``(n, D)``.
         """
-        from stpredict._progress import progress as progress_bar
-
-        if getattr(self.module, "takes_features", False):
+        if self._takes_features:
             raise ValueError(
                 f"STPredictModel.embed_images: this model takes precomputed features "
                 f"({self.patch['features']!r}), not patches; use embed_features."
@@ -466,16 +486,13 @@ class STPredictModel:
                 f"STPredictModel.embed_images: patches have dtype {patches.dtype} and shape {patches.shape}; "
                 f"expected uint8 (n, {size}, {size}, 3) (model.patch['size']={size})."
             )
-        dev = resolve_device(device)
-        self.module.to(dev)
-        out = np.empty((len(patches), self.embedding_dim), dtype=np.float32)
-        with _eval_mode(self.module), torch.inference_mode():
-            starts = range(0, len(patches), batch_size)
-            for start in progress_bar(starts, desc="embedding images", unit="batch", enabled=progress):
-                chunk = _to_tensor(patches[start : start + batch_size], self.patch["mean"], self.patch["std"])
-                emb = self._encode_views(chunk.to(dev))
-                out[start : start + len(chunk)] = emb.float().cpu().numpy()
-        return out
+
+        def encode(start: int, stop: int, dev: torch.device) -> torch.Tensor:
+            return self._encode_views(
+                _to_tensor(patches[start:stop], self.patch["mean"], self.patch["std"]).to(dev)
+            )
+
+        return self._embed_batches(len(patches), batch_size, device, progress, "embedding images", encode)
 
     def embed_features(
         self,
@@ -498,28 +515,23 @@ class STPredictModel:
         -------
         ``float32`` array ``(n, D)``.
         """
-        from stpredict._progress import progress as progress_bar
         from stpredict._validation import check_matrix
 
-        if not getattr(self.module, "takes_features", False):
+        if not self._takes_features:
             raise ValueError(
                 "STPredictModel.embed_features: this model embeds image patches (embed_images); it was "
                 "not fitted with `image_features=`."
             )
         features = check_matrix(features, what="STPredictModel.embed_features: features", min_rows=0)
-        dev = resolve_device(device)
-        self.module.to(dev)
-        out = np.empty((len(features), self.embedding_dim), dtype=np.float32)
-        with _eval_mode(self.module), torch.inference_mode():
-            starts = range(0, len(features), batch_size)
-            for start in progress_bar(starts, desc="embedding features", unit="batch", enabled=progress):
-                chunk = torch.from_numpy(features[start : start + batch_size]).to(dev)
-                out[start : start + len(chunk)] = self.module.encode_image(chunk).float().cpu().numpy()
-        return out
+
+        def encode(start: int, stop: int, dev: torch.device) -> torch.Tensor:
+            return self.module.encode_image(torch.from_numpy(features[start:stop]).to(dev))
+
+        return self._embed_batches(len(features), batch_size, device, progress, "embedding features", encode)
 
     def embed_inputs(self, inputs: np.ndarray, **kwargs: Any) -> np.ndarray:
         """:meth:`embed_features` or :meth:`embed_images`, whichever the model's image input is."""
-        if getattr(self.module, "takes_features", False):
+        if self._takes_features:
             return self.embed_features(inputs, **kwargs)
         return self.embed_images(inputs, **kwargs)
 

@@ -84,6 +84,7 @@ def _observations_of_table(sdata: Any, table_key: str | None, library_key: str) 
         out.append(
             {
                 "source": region,
+                "library": libs[0] if len(libs) == 1 else region,  # the slide, when it is one
                 "names": [region, *libs],  # where the table's uns['spatial'] may record the pixel size
                 "xy": xy,
                 "counts": sparse.csr_matrix(table.X[mask]),
@@ -116,6 +117,7 @@ def _observations_of_points(sdata: Any, points_key: str, gene_key: str) -> list[
     return [
         {
             "source": points_key,
+            "library": points_key,
             "names": [points_key],
             "xy": df[["x", "y"]].to_numpy(np.float64),
             "counts": onehot,
@@ -211,7 +213,7 @@ def _pool(src: dict[str, Any], diameter: float, spacing: float, um: float, min_c
     counts = (member @ src["counts"]).tocsr()
     keep = np.flatnonzero(np.asarray(counts.sum(axis=1)).ravel() >= min_count)
     name = f"{src['source']}_{key_added}"
-    lib = src["names"][1] if len(src["names"]) == 2 else src["source"]  # the slide, when it is one
+    lib = src["library"]
     table = ad.AnnData(
         X=counts[keep],
         obs=pd.DataFrame(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from stpredict._logging import logger
 from stpredict._validation import check_new_reference
@@ -18,20 +17,15 @@ __all__ = ["extend_bank"]
 
 def _reference_expression(model: STPredictModel, sd: Any) -> np.ndarray:
     """The new spots' counts of the model's genes, normalised as the bank was."""
-    from stpredict.pp import normalize_matrix
+    from ._fit import model_expression
 
-    from ._fit import gene_indices
-
-    var = pd.Index([str(v) for v in sd.var_names])
-    missing = [g for g in model.genes if g not in var]
+    expression, missing = model_expression(model, sd)
     if missing:
         raise KeyError(
             f"extend_bank: the data lacks {len(missing)} of the model's {len(model.genes)} genes, "
             f"e.g. {missing[:5]}; a reference slide needs every gene the model predicts."
         )
-    counts = sd.counts[:, gene_indices(var, model.genes, "the data")]
-    target_sum = model.normalization.get("target_sum")
-    return np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32)
+    return expression
 
 
 def extend_bank(

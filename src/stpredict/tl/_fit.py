@@ -57,6 +57,24 @@ def gene_indices(var_names: Sequence[str], genes: Sequence[str], what: str) -> n
     return pos
 
 
+def model_expression(model: STPredictModel, sd) -> tuple[np.ndarray | None, list[str]]:
+    """The counts of ``model.genes`` in ``sd``, normalised as the model's bank (target sum, log1p).
+
+    Returns ``(expression, [])``, or ``(None, missing genes)`` when ``sd`` lacks some of them.
+    """
+    import pandas as pd
+
+    from stpredict.pp import normalize_matrix
+
+    var = pd.Index([str(v) for v in sd.var_names])
+    missing = [g for g in model.genes if g not in var]
+    if missing:
+        return None, missing
+    counts = sd.counts[:, gene_indices(var, model.genes, "the data")]
+    target_sum = model.normalization.get("target_sum")
+    return np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32), []
+
+
 def default_target_sum(counts) -> float:
     """Median total count of the spots with any counts (scanpy's ``normalize_total`` default)."""
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()

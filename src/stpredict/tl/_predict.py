@@ -13,7 +13,7 @@ from stpredict._constants import WEIGHTINGS, ood_key, std_key, truth_key
 from stpredict._logging import logger
 from stpredict._validation import check_int, check_key, is_spatialdata, spatialdata_table
 
-from ._fit import gene_indices, last_model, resolve_device
+from ._fit import last_model, model_expression, resolve_device
 from ._results import (
     Result,
     add_table,
@@ -200,7 +200,6 @@ def predict(
     True
     """
     from stpredict.data import SpotData
-    from stpredict.pp import normalize_matrix
 
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
@@ -235,14 +234,9 @@ def predict(
     # ---- truth: the model genes' counts, normalised like the bank
     truth = None
     if sd.counts is not None and sd.var_names is not None and sd.counts.shape[1] > 0:
-        var = pd.Index([str(v) for v in sd.var_names])
-        if var.get_indexer(model.genes).min() >= 0:
-            counts = sd.counts[:, gene_indices(var, model.genes, "the data")]
-            target_sum = model.normalization.get("target_sum")
-            truth = np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32)
-        else:
-            missing = len(set(model.genes) - set(var))
-            logger.info(f"predict: the data lacks {missing} of the model's genes; no truth written")
+        truth, missing = model_expression(model, sd)
+        if missing:
+            logger.info(f"predict: the data lacks {len(missing)} of the model's genes; no truth written")
 
     # ---- embed, retrieve, write
     result = _retrieve(

@@ -209,13 +209,6 @@ def _patches(sd: Any, patch_size_um: float, size: int, stream: bool | None, prog
     return sd.extract_patches(patch_size_um=patch_size_um, size=size, progress=progress)
 
 
-def _dihedral_views(images: Any) -> list[Any]:
-    """The 8 flips/rotations of a batch ``[B, 3, S, S]`` (identity first)."""
-    import torch
-
-    return [torch.rot90(v, k, dims=(2, 3)) for v in (images, images.flip(3)) for k in range(4)]
-
-
 def frozen_features(
     module: Any, patches: np.ndarray, *, device: str, batch_size: int = 128, progress: bool = True
 ) -> np.ndarray:
@@ -224,6 +217,7 @@ def frozen_features(
 
     from stpredict._progress import progress as progress_bar
     from stpredict.data import to_tensor
+    from stpredict.models._base import dihedral_views
 
     module.to(device).eval()
     out = np.empty((len(patches), 8, module.image_encoder.out_dim), np.float32)
@@ -231,7 +225,7 @@ def frozen_features(
     with torch.inference_mode():
         for start in progress_bar(starts, desc="embedding patches once", unit="batch", enabled=progress):
             images = to_tensor(patches[start : start + batch_size]).to(device)
-            views = [module.pooled_features(v).float().cpu().numpy() for v in _dihedral_views(images)]
+            views = [module.pooled_features(v).float().cpu().numpy() for v in dihedral_views(images)]
             out[start : start + len(images)] = np.stack(views, axis=1)
     return out
 
