@@ -257,7 +257,7 @@ def test_design_page_names_real_weightings():
     import re
     from pathlib import Path
 
-    from stpredict.tl._predict import _WEIGHTINGS
+    from stpredict.retrieval import WEIGHTINGS as _WEIGHTINGS
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
     named = set(re.findall(r'"(mean|inverse_[a-z0-9_]+|softmax|similarity|distance[a-z_]*)"', text))

@@ -257,7 +257,9 @@ def test_handmade_features_are_computed_from_the_pixels(slides, tmp_path):
     model = stp.tl.fit(train, image_features="handmade", epochs=2, val_fraction=0.0, **FIT)
     patches = SpotData.from_object(train).extract_patches(patch_size_um=112, size=64, progress=False)
     expected = stp.baselines.image_features(patches)
-    np.testing.assert_allclose(model.module.image_encoder.mean.numpy(), expected.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        model.module.image_encoder.mean.numpy(), expected.mean(0), rtol=1e-4, atol=1e-5
+    )
     bare = test.copy()
     bare.obsm.clear()  # nothing precomputed: predict cuts the patches and computes the features
     bare.obsm["spatial"] = test.obsm["spatial"]

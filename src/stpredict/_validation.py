@@ -9,7 +9,7 @@ Each check names the object or argument (``what``), says what was expected and w
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -351,4 +351,49 @@ def check_new_reference(
         raise ValueError(
             f"{what}: {len(clash)} spot id(s) are already in the bank, e.g. {list(clash[:5])}; "
             "make the new slide's obs_names unique (e.g. prefix them with the slide name)."
+        )
+
+
+def check_obs_column(data: Any, key: str, *, what: str) -> str:
+    """``key`` is a column of ``data.obs`` (``what`` names the argument)."""
+    if key not in data.obs.columns:
+        raise KeyError(f"`{what}` {key!r} is not a column of data.obs; available: {list(data.obs.columns)}.")
+    return key
+
+
+def check_not_set(options: Mapping[str, Any], names: Sequence[str], *, what: str) -> None:
+    """None of ``names`` is among ``options`` (keywords that ``what`` sets itself)."""
+    for name in names:
+        if name in options:
+            raise TypeError(f"`{name}` is set by {what}; pass it as its own argument, not to fit.")
+
+
+def check_callbacks(callbacks: Sequence[Any], *, what: str = "callbacks") -> tuple[Any, ...]:
+    """A tuple of callables ``cb(epoch, entry, module)``."""
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"{what} must be callables cb(epoch, entry, module), got {cb!r}.")
+    return tuple(callbacks)
+
+
+def check_not_empty(items: Any, *, what: str, hint: str = "") -> int:
+    """``len(items) > 0``; returns the length."""
+    n = len(items)
+    if n == 0:
+        raise ValueError(f"{what} is empty{'; ' + hint if hint else ''}.")
+    return n
+
+
+def check_image_names(sdata: Any, images: Mapping[str, str] | None, image_key: str | None) -> None:
+    """``images`` (a dict shapes or slide name → image name) and ``image_key`` name images of ``sdata``."""
+    if images is not None and not isinstance(images, Mapping):
+        raise TypeError(
+            f"`images` must be a dict {{shapes or slide name: image name}}, got {type(images).__name__}."
+        )
+    if image_key is not None and image_key not in sdata.images:
+        raise KeyError(f"sdata.images has no image {image_key!r}; available: {list(sdata.images)}.")
+    bad = [v for v in (images or {}).values() if v not in sdata.images]
+    if bad:
+        raise KeyError(
+            f"`images` names image(s) {bad} that sdata.images lacks; available: {list(sdata.images)}."
         )

@@ -163,7 +163,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"stpredict demo: {args.dataset}, training on {', '.join(trained_on)}, predicting {held_out}")
 
     model = stp.tl.fit(train, **_fit_options(args), progress=progress)
-    k = int(model.retrieval.get("k", 50)) if args.k is None else args.k
+    k = model.retrieval.k if args.k is None else args.k
     stp.tl.predict(test, model, k=k, device=args.device, progress=progress)
     res = stp.tl.evaluate(test, genes=_SETS)
     _add_random_baseline(test, model, k, args.seed)

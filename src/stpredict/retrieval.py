@@ -14,10 +14,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ._constants import WEIGHTINGS, Weighting
 from ._device import resolve_device
 from ._validation import check_int, check_k, check_tensor_matrix
 
 __all__ = [
+    "WEIGHTINGS",
     "RetrievalResult",
     "aggregate",
     "naive_topk_cosine",
@@ -26,8 +28,6 @@ __all__ = [
     "topk_cosine",
 ]
 
-Weighting = Literal["mean", "inverse_distance2", "softmax"]
-_WEIGHTINGS = ("mean", "inverse_distance2", "softmax")
 Backend = Literal["torch", "faiss"]
 _BACKENDS = ("torch", "faiss")
 # Largest number of keys compared with one chunk of queries at once; bigger banks are split and
@@ -313,8 +313,8 @@ def aggregate(
     >>> aggregate(values, np.array([[0, 2]]))
     array([[2., 3.]], dtype=float32)
     """
-    if weighting not in _WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}.")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
     vals = check_tensor_matrix(values, what="values")
     idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
     if idx.ndim != 2:
@@ -481,8 +481,8 @@ def retrieve(
     >>> res.prediction.shape, res.indices.shape
     ((4, 3), (4, 5))
     """
-    if weighting not in _WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}.")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
     if weighting == "softmax" and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
     q = check_tensor_matrix(queries, what="queries")

@@ -12,20 +12,20 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from ._device import resolve_device
 from ._logging import logger
 from ._progress import format_seconds
 from ._progress import progress as progress_bar
-from ._validation import check_int
-from .retrieval import resolve_device
+from ._validation import check_callbacks, check_int, check_not_empty
 
-__all__ = ["TrainResult", "train_module", "load_checkpoint"]
+__all__ = ["Checkpoint", "TrainConfig", "TrainResult", "load_checkpoint", "make_loader", "train_module"]
 
 CHECKPOINT_NAME = "last.pt"
 _OPTIMIZERS = ("adamw", "adam")
@@ -98,6 +98,105 @@ def _checkpoint_path(path: str | os.PathLike) -> Path:
     return p / CHECKPOINT_NAME if p.is_dir() or p.suffix != ".pt" else p
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Validated optimisation settings of one :func:`train_module` run (stored in checkpoints)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    lr_min: float = 1e-5
+    scheduler: Literal["cosine"] | None = "cosine"
+    seed: int = 0
+    drop_last: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_int(self.epochs, what="train_module: `epochs`")
+        check_int(self.batch_size, what="train_module: `batch_size`")
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}.")
+        if self.scheduler not in _SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}.")
+        lr, lr_min, decay = self.lr, self.lr_min, self.weight_decay
+        if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive number, got {lr!r}.")
+        if not (isinstance(lr_min, int | float) and 0 <= lr_min <= lr):
+            raise ValueError(f"lr_min must be in [0, lr={lr}], got {lr_min!r}.")
+        if not (isinstance(decay, int | float) and decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {decay!r}.")
+        workers = self.num_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {workers!r}.")
+
+    def recorded(self, n_train: int, n_val: int | None) -> dict[str, Any]:
+        """What a checkpoint records (and a resume must match); ``num_workers`` may change."""
+        entries = {k: v for k, v in asdict(self).items() if k != "num_workers"}
+        return _jsonable({**entries, "n_train": n_train, "n_val": n_val})
+
+    def optimiser(self, module: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimiser of the trainable parameters and the per-epoch schedule (or ``None``)."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(module).__name__} has no trainable parameters.")
+        opt_cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler != "cosine":
+            return opt, None
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=self.lr_min)
+
+
+@dataclass
+class Checkpoint:
+    """The state after a completed epoch: enough to continue exactly where training stopped."""
+
+    module: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    epoch: int
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    fingerprint: dict[str, Any]
+    train_config: dict[str, Any]
+
+    def save(self, file: Path) -> None:
+        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+        tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+        try:
+            torch.save({"format": _CKPT_FORMAT, **asdict(self)}, tmp)
+            os.replace(tmp, file)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Checkpoint:
+        """Read a checkpoint (a folder's ``last.pt`` or the file) without executing pickled code."""
+        payload = load_checkpoint(path)
+        return cls(**{f.name: payload[f.name] for f in fields(cls)})
+
+    def check_compatible(self, fingerprint: dict[str, Any], train_config: dict[str, Any], file: Path) -> None:
+        """Refuse to resume a run of another model, other data or other training settings."""
+        saved = self.fingerprint or {}
+        diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        if diff:
+            raise ValueError(
+                f"Checkpoint {file} was written for a different model or data (fingerprint "
+                f"differs in {diff}); resume with the same settings or pass resume=False."
+            )
+        saved = self.train_config or {}
+        diff = sorted(k for k in set(saved) | set(train_config) if saved.get(k) != train_config.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {train_config.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"Checkpoint {file} used other training settings ({detail}); resume with the "
+                "same settings or pass resume=False."
+            )
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`train_module` without executing pickled code.
 
@@ -137,15 +236,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def _save_checkpoint(file: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    batch_sampler: Iterable[Sequence[int]] | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    seed: int | None = None,
+) -> torch.utils.data.DataLoader:
+    """The one DataLoader builder of training and validation (a ``batch_sampler`` replaces batching)."""
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    batching: dict[str, Any] = (
+        {"batch_sampler": batch_sampler}
+        if batch_sampler is not None
+        else {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
+    )
+    return torch.utils.data.DataLoader(
+        dataset, num_workers=num_workers, pin_memory=pin_memory, generator=generator, **batching
+    )
 
 
 _ESTIMATE_AFTER_STEPS = 3
@@ -337,253 +448,216 @@ def train_module(
     >>> len(res.history), res.best_epoch in (1, 2)
     (2, True)
     """
-    # ---- validate everything before touching the module or the disk
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
-    epochs = check_int(epochs, what="train_module: `epochs`")
-    batch_size = check_int(batch_size, what="train_module: `batch_size`")
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}.")
-    if scheduler not in _SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {scheduler!r}.")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}.")
-    if not (isinstance(lr_min, int | float) and 0 <= lr_min <= lr):
-        raise ValueError(f"lr_min must be in [0, lr={lr}], got {lr_min!r}.")
-    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}.")
-    n_train = len(train_dataset)
-    if n_train == 0:
-        raise ValueError("train_dataset is empty; need at least one training item.")
-    if val_dataset is not None and len(val_dataset) == 0:
-        raise ValueError("val_dataset is empty; pass val_dataset=None to train without validation.")
-    callbacks = tuple(callbacks)
-    for cb in callbacks:
-        if not callable(cb):
-            raise TypeError(f"callbacks must be callables cb(epoch, entry, module), got {cb!r}.")
-    dev = resolve_device(device)
-    autocast = bool(amp) and dev.type == "cuda"
-
-    train_config = _jsonable(
-        {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "optimizer": optimizer,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "lr_min": lr_min,
-            "scheduler": scheduler,
-            "seed": seed,
-            "drop_last": drop_last,
-            "n_train": n_train,
-            "n_val": None if val_dataset is None else len(val_dataset),
-        }
+    config = TrainConfig(
+        epochs, batch_size, optimizer, lr, weight_decay, lr_min, scheduler, seed, drop_last, num_workers
     )
-    fingerprint = _jsonable(dict(fingerprint) if fingerprint is not None else {})
-
-    ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    ckpt = None
-    if resume is not False and resume is not None:
-        if resume is True:
-            if ckpt_dir is None:
-                raise ValueError("resume=True needs checkpoint_dir (the folder holding last.pt).")
-            resume_file = ckpt_dir / CHECKPOINT_NAME
-        else:
-            resume_file = _checkpoint_path(resume)
-            if ckpt_dir is None:
-                ckpt_dir = resume_file.parent
-        ckpt = load_checkpoint(resume_file)
-        if ckpt.get("fingerprint") != fingerprint:
-            diff = sorted(
-                k
-                for k in set(ckpt.get("fingerprint", {})) | set(fingerprint)
-                if ckpt.get("fingerprint", {}).get(k) != fingerprint.get(k)
-            )
-            raise ValueError(
-                f"Checkpoint {resume_file} was written for a different model or data (fingerprint "
-                f"differs in {diff}); resume with the same settings or pass resume=False."
-            )
-        saved_cfg = ckpt.get("train_config", {})
-        diff = sorted(
-            k for k in set(saved_cfg) | set(train_config) if saved_cfg.get(k) != train_config.get(k)
+    check_not_empty(train_dataset, what="train_dataset", hint="need at least one training item")
+    if val_dataset is not None:
+        check_not_empty(
+            val_dataset, what="val_dataset", hint="pass val_dataset=None to train without validation"
         )
-        if diff:
-            detail = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {train_config.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"Checkpoint {resume_file} used other training settings ({detail}); resume with the "
-                "same settings or pass resume=False."
-            )
-        try:
-            module.load_state_dict(ckpt["module"])
-        except RuntimeError as err:
-            raise ValueError(
-                f"Checkpoint {resume_file} does not match {type(module).__name__}'s parameters: {err}"
-            ) from err
-    elif ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
-        logger.warning(
-            f"{ckpt_dir / CHECKPOINT_NAME} exists and will be overwritten by a new run "
-            "(pass resume=True to continue it instead)."
-        )
-
-    # ---- set up model, optimizer, schedule
-    module.to(dev)
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{type(module).__name__} has no trainable parameters.")
-    opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=lr, weight_decay=weight_decay)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
-        if scheduler == "cosine"
-        else None
+    callbacks = check_callbacks(callbacks)
+    run = _Run(
+        module=module,
+        config=config,
+        device=resolve_device(device),
+        recorded=config.recorded(len(train_dataset), None if val_dataset is None else len(val_dataset)),
+        fingerprint=_jsonable(dict(fingerprint) if fingerprint is not None else {}),
+        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+    )
+    run.amp = bool(amp) and run.device.type == "cuda"
+    run.start(resume)
+    return run.train(
+        _train_loaders(run, train_dataset, val_dataset, batch_sampler), progress, callbacks, score
     )
 
-    history: list[dict[str, Any]] = []
-    best_epoch, best_score, best_state = 0, math.inf, {}
-    start_epoch = 0
-    if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched is not None and ckpt.get("scheduler") is not None:
-            sched.load_state_dict(ckpt["scheduler"])
-        history = list(ckpt["history"])
-        best_epoch = int(ckpt["best_epoch"])
-        best_state = dict(ckpt["best_state"])
-        start_epoch = int(ckpt["epoch"])
-        if history:
-            best_score = min(_selection_score(h) for h in history)
-        logger.info(f"Resuming from {resume_file} after epoch {start_epoch} of {epochs}.")
 
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        logger.info(f"Writing checkpoints to {ckpt_dir} ({CHECKPOINT_NAME} after every epoch).")
-
-    train_bs = batch_size
-    train_drop_last = drop_last
+def _train_loaders(
+    run: _Run,
+    train: torch.utils.data.Dataset,
+    val: torch.utils.data.Dataset | None,
+    batch_sampler: Iterable[Sequence[int]] | None,
+) -> tuple[Callable[[int], Iterable], Iterable | None]:
+    """``loader(epoch)`` of the training set (reshuffled by ``seed + epoch``) and the validation loader."""
+    cfg, pin = run.config, run.device.type == "cuda"
+    n_train = len(train)  # type: ignore[arg-type]
+    batch_size, drop_last = cfg.batch_size, cfg.drop_last
     if batch_sampler is None and n_train < batch_size:
         logger.warning(
             f"train_dataset has {n_train} items, fewer than batch_size={batch_size}; "
             f"training on one batch of {n_train} per epoch."
         )
-        train_bs, train_drop_last = n_train, False
-    pin = dev.type == "cuda"
+        batch_size, drop_last = n_train, False
+
+    def train_loader(epoch: int) -> Iterable:
+        if batch_sampler is not None and hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(epoch)
+        return make_loader(
+            train, batch_size=batch_size, shuffle=True, drop_last=drop_last, batch_sampler=batch_sampler,
+            num_workers=cfg.num_workers, pin_memory=pin, seed=cfg.seed + epoch,
+        )  # fmt: skip
+
     val_loader = (
         None
-        if val_dataset is None
-        else torch.utils.data.DataLoader(
-            val_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin
-        )
+        if val is None
+        else make_loader(val, batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin)
     )
+    return train_loader, val_loader
 
-    interrupted = False
-    epoch_bar = progress_bar(
-        range(start_epoch, epochs), desc="epochs", unit="epoch", total=epochs - start_epoch, enabled=progress
-    )
-    try:
-        for epoch0 in epoch_bar:
-            epoch = epoch0 + 1
-            t0 = time.perf_counter()
-            torch.manual_seed(seed + epoch)
-            if batch_sampler is not None:
-                if hasattr(batch_sampler, "set_epoch"):
-                    batch_sampler.set_epoch(epoch)
-                loader = torch.utils.data.DataLoader(
-                    train_dataset,
-                    batch_sampler=batch_sampler,
-                    num_workers=num_workers,
-                    pin_memory=pin,
-                    generator=torch.Generator().manual_seed(seed + epoch),
-                )
-            else:
-                loader = torch.utils.data.DataLoader(
-                    train_dataset,
-                    batch_size=train_bs,
-                    shuffle=True,
-                    drop_last=train_drop_last,
-                    num_workers=num_workers,
-                    pin_memory=pin,
-                    generator=torch.Generator().manual_seed(seed + epoch),
-                )
-            current_lr = float(opt.param_groups[0]["lr"])
-            train_stats, n_images, train_seconds = _run_epoch(
-                module,
-                loader,
-                dev,
-                autocast,
-                opt,
-                f"train {epoch}",
-                progress,
-                estimate_epochs=epochs - start_epoch if epoch0 == start_epoch else 0,
+
+@dataclass
+class _Run:
+    """One training run: the module, its optimiser and schedule, the best state, the checkpoints."""
+
+    module: nn.Module
+    config: TrainConfig
+    device: torch.device
+    recorded: dict[str, Any]
+    fingerprint: dict[str, Any]
+    checkpoint_dir: Path | None
+    amp: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = math.inf
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    start_epoch: int = 0
+
+    def start(self, resume: bool | str | os.PathLike | None) -> None:
+        """Load the checkpoint to resume (checked first), then build the optimiser on the device."""
+        ckpt, file = self._resume_from(resume)
+        if ckpt is not None:
+            try:
+                self.module.load_state_dict(ckpt.module)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"Checkpoint {file} does not match {type(self.module).__name__}'s parameters: {err}"
+                ) from err
+        self.module.to(self.device)
+        self.opt, self.sched = self.config.optimiser(self.module)
+        if ckpt is not None:
+            self._restore(ckpt)
+            logger.info(f"Resuming from {file} after epoch {self.start_epoch} of {self.config.epochs}.")
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            logger.info(
+                f"Writing checkpoints to {self.checkpoint_dir} ({CHECKPOINT_NAME} after every epoch)."
             )
-            if not math.isfinite(train_stats["loss"]):
-                raise FloatingPointError(
-                    f"Training loss became {train_stats['loss']} in epoch {epoch}; try a lower lr "
-                    f"(now {current_lr:g}) or amp=False."
-                )
-            entry: dict[str, Any] = {"epoch": epoch, "lr": current_lr}
-            entry.update({f"train_{k}": v for k, v in train_stats.items()})
-            if val_loader is not None:
-                val_stats, _, _ = _run_epoch(
-                    module, val_loader, dev, autocast, None, f"val {epoch}", progress
-                )
-                entry.update({f"val_{k}": v for k, v in val_stats.items()})
-            if sched is not None:
-                sched.step()
-            entry["seconds"] = time.perf_counter() - t0
-            entry["images_per_s"] = n_images / train_seconds if train_seconds > 0 else float("nan")
-            history.append(entry)
 
-            if score is not None:
-                module.eval()
-                entry["val_score"] = float(score(module))
-            epoch_score = _selection_score(entry)
-            if epoch_score < best_score or not best_state:
-                best_epoch, best_score, best_state = epoch, epoch_score, _cpu_state(module)
-
-            if ckpt_dir is not None:
-                _save_checkpoint(
-                    ckpt_dir / CHECKPOINT_NAME,
-                    {
-                        "format": _CKPT_FORMAT,
-                        "module": _cpu_state(module),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": None if sched is None else sched.state_dict(),
-                        "epoch": epoch,
-                        "history": history,
-                        "best_state": best_state,
-                        "best_epoch": best_epoch,
-                        "fingerprint": fingerprint,
-                        "train_config": train_config,
-                    },
+    def _resume_from(self, resume: bool | str | os.PathLike | None) -> tuple[Checkpoint | None, Path | None]:
+        if resume is False or resume is None:
+            if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_NAME).exists():
+                logger.warning(
+                    f"{self.checkpoint_dir / CHECKPOINT_NAME} exists and will be overwritten by a new run "
+                    "(pass resume=True to continue it instead)."
                 )
-            postfix = {"train_loss": f"{entry['train_loss']:.4g}"}
-            if "val_loss" in entry:
-                postfix["val_loss"] = f"{entry['val_loss']:.4g}"
-            epoch_bar.set_postfix(postfix)
-            for cb in callbacks:
-                cb(epoch, entry, module)
-    except KeyboardInterrupt:
-        if not history:
-            raise
-        interrupted = True
+            return None, None
+        if resume is True:
+            if self.checkpoint_dir is None:
+                raise ValueError("resume=True needs checkpoint_dir (the folder holding last.pt).")
+            file = self.checkpoint_dir / CHECKPOINT_NAME
+        else:
+            file = _checkpoint_path(resume)
+            self.checkpoint_dir = self.checkpoint_dir or file.parent
+        ckpt = Checkpoint.load(file)
+        ckpt.check_compatible(self.fingerprint, self.recorded, file)
+        return ckpt, file
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.opt.load_state_dict(ckpt.optimizer)
+        if self.sched is not None and ckpt.scheduler is not None:
+            self.sched.load_state_dict(ckpt.scheduler)
+        self.history = list(ckpt.history)
+        self.best_epoch, self.best_state = int(ckpt.best_epoch), dict(ckpt.best_state)
+        self.start_epoch = int(ckpt.epoch)
+        if self.history:
+            self.best_score = min(_selection_score(h) for h in self.history)
+
+    def train(self, loaders, progress: bool, callbacks, score) -> TrainResult:
+        """Epochs ``start_epoch + 1 .. epochs``; Ctrl-C after an epoch returns what was done so far."""
+        train_loader, val_loader = loaders
+        epochs = self.config.epochs
+        bar = progress_bar(
+            range(self.start_epoch, epochs), desc="epochs", unit="epoch", total=epochs - self.start_epoch,
+            enabled=progress,
+        )  # fmt: skip
+        interrupted = False
+        try:
+            for epoch0 in bar:
+                entry = self._epoch(epoch0 + 1, train_loader, val_loader, progress, score)
+                bar.set_postfix({k: f"{entry[k]:.4g}" for k in ("train_loss", "val_loss") if k in entry})
+                for cb in callbacks:
+                    cb(epoch0 + 1, entry, self.module)
+        except KeyboardInterrupt:
+            if not self.history:
+                raise
+            interrupted = True
+            self._log_interrupt()
+        finally:
+            bar.close()
+            self.module.eval()
+        return TrainResult(self.history, self.best_epoch, self.best_state, interrupted, len(self.history))
+
+    def _epoch(self, epoch: int, train_loader, val_loader, progress: bool, score) -> dict[str, Any]:
+        """Train one epoch, validate, anneal, keep the best state, write the checkpoint."""
+        t0 = time.perf_counter()
+        torch.manual_seed(self.config.seed + epoch)
+        lr = float(self.opt.param_groups[0]["lr"])
+        estimate = self.config.epochs - self.start_epoch if epoch == self.start_epoch + 1 else 0
+        stats, n_images, seconds = _run_epoch(
+            self.module, train_loader(epoch), self.device, self.amp, self.opt, f"train {epoch}", progress,
+            estimate_epochs=estimate,
+        )  # fmt: skip
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError(
+                f"Training loss became {stats['loss']} in epoch {epoch}; try a lower lr "
+                f"(now {lr:g}) or amp=False."
+            )
+        entry: dict[str, Any] = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}}
+        if val_loader is not None:
+            val, _, _ = _run_epoch(
+                self.module, val_loader, self.device, self.amp, None, f"val {epoch}", progress
+            )
+            entry.update({f"val_{k}": v for k, v in val.items()})
+        if self.sched is not None:
+            self.sched.step()
+        entry["seconds"] = time.perf_counter() - t0
+        entry["images_per_s"] = n_images / seconds if seconds > 0 else float("nan")
+        self.history.append(entry)
+        if score is not None:
+            self.module.eval()
+            entry["val_score"] = float(score(self.module))
+        self._keep_best(epoch, _selection_score(entry))
+        self._checkpoint(epoch)
+        return entry
+
+    def _keep_best(self, epoch: int, epoch_score: float) -> None:
+        if epoch_score < self.best_score or not self.best_state:
+            self.best_epoch, self.best_score, self.best_state = epoch, epoch_score, _cpu_state(self.module)
+
+    def _checkpoint(self, epoch: int) -> None:
+        if self.checkpoint_dir is None:
+            return
+        Checkpoint(
+            module=_cpu_state(self.module),
+            optimizer=self.opt.state_dict(),
+            scheduler=None if self.sched is None else self.sched.state_dict(),
+            epoch=epoch,
+            history=self.history,
+            best_state=self.best_state,
+            best_epoch=self.best_epoch,
+            fingerprint=self.fingerprint,
+            train_config=self.recorded,
+        ).save(self.checkpoint_dir / CHECKPOINT_NAME)
+
+    def _log_interrupt(self) -> None:
         how = (
-            f"call again with resume=True and checkpoint_dir={str(ckpt_dir)!r}"
-            if ckpt_dir is not None
+            f"call again with resume=True and checkpoint_dir={str(self.checkpoint_dir)!r}"
+            if self.checkpoint_dir is not None
             else "pass checkpoint_dir= next time to be able to resume"
         )
         logger.warning(
-            f"Training interrupted after {len(history)} completed epoch(s) of {epochs}; "
-            f"returning the best state so far (epoch {best_epoch}). To continue, {how}."
+            f"Training interrupted after {len(self.history)} completed epoch(s) of {self.config.epochs}; "
+            f"returning the best state so far (epoch {self.best_epoch}). To continue, {how}."
         )
-    finally:
-        epoch_bar.close()
-        module.eval()
-
-    return TrainResult(
-        history=history,
-        best_epoch=best_epoch,
-        best_state=best_state,
-        interrupted=interrupted,
-        epochs_run=len(history),
-    )

@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stpredict._constants import IMAGENET_MEAN, IMAGENET_STD
 from stpredict._validation import check_matrix, check_patches
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _stats(values: Sequence[float], *, what: str) -> torch.Tensor:

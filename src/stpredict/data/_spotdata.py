@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from stpredict._logging import logger
 from stpredict._validation import (
     check_coordinates,
     check_image,
+    check_image_names,
     check_inside,
     check_obs_names,
     check_pair,
@@ -656,170 +658,29 @@ def _from_spatialdata(
 ) -> SpotData:
     table_key, table = spatialdata_table(sdata, table_key)
     what = f"sdata.tables[{table_key!r}]"
-    attrs = table.uns.get("spatialdata_attrs")
-    if not isinstance(attrs, Mapping) or "region_key" not in attrs or "instance_key" not in attrs:
-        raise KeyError(f"{what}.uns has no 'spatialdata_attrs' with 'region_key' and 'instance_key'.")
-    region_key, instance_key = attrs["region_key"], attrs["instance_key"]
-    for key in (region_key, instance_key):
-        if key not in table.obs:
-            raise KeyError(f"{what}.obs has no column {key!r} (named in uns['spatialdata_attrs']).")
-    if images is not None and not isinstance(images, Mapping):
-        raise TypeError(
-            f"`images` must be a dict {{shapes or slide name: image name}}, got {type(images).__name__}."
-        )
-    if image_key is not None and image_key not in sdata.images:
-        raise KeyError(f"sdata.images has no image {image_key!r}; available: {list(sdata.images)}.")
-    if images:
-        bad = [v for v in images.values() if v not in sdata.images]
-        if bad:
-            raise KeyError(
-                f"`images` names image(s) {bad} that sdata.images lacks; available: {list(sdata.images)}."
-            )
-
-    regions = table.obs[region_key].astype(str).to_numpy()
-    keep = np.ones(table.n_obs, dtype=bool)
-    if shapes_key is not None:
-        wanted = [shapes_key] if isinstance(shapes_key, str) else [str(s) for s in shapes_key]
-        missing = [s for s in wanted if s not in sdata.shapes]
-        if missing:
-            raise KeyError(f"sdata.shapes has no element(s) {missing}; available: {list(sdata.shapes)}.")
-        keep = np.isin(regions, wanted)
-        if not keep.any():
-            raise ValueError(
-                f"{what} annotates none of the shapes {wanted} (its regions: {list(pd.unique(regions))})."
-            )
-    if not keep.all():
-        logger.info(
-            f"SpotData: using {int(keep.sum())} of {table.n_obs} spots of {what} (shapes_key={shapes_key!r})"
-        )
-        table = table[keep]
-        regions = regions[keep]
+    region_key, instance_key = _annotation_keys(table, what)
+    check_image_names(sdata, images, image_key)
+    table, regions = _annotated_regions(sdata, table, regions=table.obs[region_key].astype(str).to_numpy(),
+                                        shapes_key=shapes_key, what=what)  # fmt: skip
     names = check_obs_names(table.obs_names, what=f"{what}.obs_names")
-    n = table.n_obs
-    if n == 0:
+    if table.n_obs == 0:
         raise ValueError(f"{what} has no spots.")
-
-    # slide names: obs[library_key] when it matches the regions one-to-one, else the region
-    region_list = [str(r) for r in pd.unique(regions)]
-    lib_of = {r: r for r in region_list}
-    if library_key in table.obs and not table.obs[library_key].isna().any():
-        pairs = pd.DataFrame(
-            {"r": regions, "l": table.obs[library_key].astype(str).to_numpy()}
-        ).drop_duplicates()
-        if pairs["r"].is_unique and pairs["l"].is_unique:
-            lib_of = dict(zip(pairs["r"], pairs["l"], strict=True))
-    uns_spatial = table.uns.get("spatial") if isinstance(table.uns.get("spatial"), Mapping) else {}
-
     counts, var_names = _expression(table, layer, what=what, require=require_expression)
-
-    centers = np.empty((n, 2), dtype=np.float64)
-    library_ids = np.empty(n, dtype=object)
+    ctx = _SdataContext(
+        sdata, table, what, instance_key, images, image_key, coordinate_system, spot_diameter_um, um_override,
+        uns_spatial=table.uns.get("spatial") if isinstance(table.uns.get("spatial"), Mapping) else {},
+    )  # fmt: skip
+    centers = np.empty((table.n_obs, 2), dtype=np.float64)
+    library_ids = np.empty(table.n_obs, dtype=object)
     slide_images: dict[str, SlideImage] = {}
     diameters = []
-    for region in region_list:
-        lib = lib_of[region]
+    for region, lib in _library_names(table, regions, library_key).items():
         mask = regions == region
-        if region not in sdata.shapes:
-            raise KeyError(
-                f"{what} annotates region {region!r}, which is not a shapes element of sdata "
-                f"(shapes: {list(sdata.shapes)}); expected circle shapes."
-            )
-        gdf = sdata.shapes[region]
-        swhat = f"sdata.shapes[{region!r}]"
-        ids = table.obs[instance_key].to_numpy()[mask]
-        pos = pd.Index(gdf.index).get_indexer(ids)
-        if (pos < 0).any():
-            raise KeyError(
-                f"{what}.obs[{instance_key!r}] has ids {ids[pos < 0][:5].tolist()} that {swhat} "
-                "lacks in its index."
-            )
-        xy, radius, polygons = _centres_and_radii(gdf, pos, what=swhat)
-        if (
-            polygons
-            and um_override is None
-            and spot_diameter_um is None
-            and not _has_pixel_size(uns_spatial, lib, region)
-        ):
-            raise ValueError(
-                f"{swhat} holds polygons (e.g. Visium HD bins) and nothing gives their pixel size: "
-                f"record 'microns_per_pixel' in {what}.uns['spatial'][{lib!r}]['scalefactors'], or pass "
-                "`microns_per_pixel=` or `spot_diameter_um=` (the bin side)."
-            )
-
-        # which image
-        img_name = None
-        if images:
-            img_name = images.get(region, images.get(lib))
-        if img_name is None:
-            img_name = image_key
-        shp_cs = _systems(gdf)
-        if coordinate_system is not None and coordinate_system not in shp_cs:
-            raise ValueError(
-                f"{swhat} is not in coordinate system {coordinate_system!r}; its coordinate systems: "
-                f"{sorted(shp_cs)}."
-            )
-        wanted_cs = {coordinate_system} if coordinate_system is not None else shp_cs
-        if img_name is None:
-            img_name = _finest_image(sdata, gdf, wanted_cs, what=swhat, region=region)
-        element = sdata.images[img_name]
-        iwhat = f"sdata.images[{img_name!r}]"
-        common = sorted(_systems(element) & wanted_cs)
-        if not common:
-            raise ValueError(
-                f"{swhat} (coordinate systems {sorted(shp_cs)}) and {iwhat} (coordinate systems "
-                f"{sorted(_systems(element))}) share no coordinate system"
-                + (f" named {coordinate_system!r}" if coordinate_system else "")
-                + "; add a transformation linking them."
-            )
-        maps = [np.linalg.inv(_affine(element, cs)) @ _affine(gdf, cs) for cs in common]
-        if any(not np.allclose(m, maps[0], rtol=1e-6, atol=1e-6) for m in maps[1:]):
-            raise ValueError(
-                f"{swhat} and {iwhat} are linked differently in coordinate systems {common}; "
-                "pass `coordinate_system=`."
-            )
-        to_px = maps[0]
-        pix = xy @ to_px[:2, :2].T + to_px[:2, 2]
-
-        array = _finest(element, what=iwhat)
-        h, w, _ = check_image(array, what=iwhat)
-        check_inside(pix, h, w, names[mask], what=f"slide {lib!r} ({swhat} on {iwhat})")
-
-        # µm per image pixel
-        if um_override is not None:
-            um_img = um_override
-        else:
-            r = float(np.median(radius))
-            sf = uns_spatial.get(lib, uns_spatial.get(region, {}))
-            sf = sf.get("scalefactors", {}) if isinstance(sf, Mapping) else {}
-            recorded = (
-                _scalefactor_um(sf, what=f"{what}.uns['spatial'][{lib!r}]['scalefactors']") if sf else None
-            )
-            diam_full = sf.get("spot_diameter_fullres")
-            if spot_diameter_um is not None:
-                um_shape = (spot_diameter_um / (2 * r),) * 2
-            elif recorded is not None and (
-                polygons or (diam_full is not None and np.isclose(2 * r, float(diam_full), rtol=0.01))
-            ):
-                um_shape = recorded  # circles in full-resolution pixels of a recorded pixel size
-            else:
-                d = DEFAULT_SPOT_DIAMETER_UM
-                if recorded is not None and diam_full is not None:
-                    d = float(diam_full) * float(np.mean(recorded))
-                um_shape = (d / (2 * r),) * 2
-            # a one-pixel step of the image along x / y, in shape units, then in µm
-            step = np.linalg.inv(to_px[:2, :2])
-            um_img = tuple(
-                float(np.hypot(um_shape[0] * step[0, a], um_shape[1] * step[1, a])) for a in (0, 1)
-            )
-            diameters.append(2 * r * float(np.mean(um_shape)))
-
-        centers[mask] = pix
+        centers[mask], slide_images[lib], diameter = ctx.slide(region, lib, mask, names[mask])
         library_ids[mask] = lib
-        slide_images[lib] = SlideImage(array, um_img, name=f"{img_name}")
-
+        if diameter is not None:
+            diameters.append(diameter)
     library_ids = library_ids.astype(str)
-    grid = _grid_coords(table.obs, centers, library_ids, slide_images)
-    spot_um = spot_diameter_um or (float(np.median(diameters)) if diameters else None)
     return SpotData(
         obs_names=names,
         library_ids=library_ids,
@@ -827,10 +688,168 @@ def _from_spatialdata(
         images=slide_images,
         counts=counts,
         var_names=var_names,
-        grid_coords=grid,
+        grid_coords=_grid_coords(table.obs, centers, library_ids, slide_images),
         table=table,
-        spot_diameter_um=spot_um,
+        spot_diameter_um=spot_diameter_um or (float(np.median(diameters)) if diameters else None),
     )
+
+
+def _annotation_keys(table: Any, what: str) -> tuple[str, str]:
+    """The table's ``region_key`` and ``instance_key`` (``uns['spatialdata_attrs']``), checked."""
+    attrs = table.uns.get("spatialdata_attrs")
+    if not isinstance(attrs, Mapping) or "region_key" not in attrs or "instance_key" not in attrs:
+        raise KeyError(f"{what}.uns has no 'spatialdata_attrs' with 'region_key' and 'instance_key'.")
+    for key in (attrs["region_key"], attrs["instance_key"]):
+        if key not in table.obs:
+            raise KeyError(f"{what}.obs has no column {key!r} (named in uns['spatialdata_attrs']).")
+    return attrs["region_key"], attrs["instance_key"]
+
+
+def _annotated_regions(sdata: Any, table: Any, *, regions: np.ndarray, shapes_key: Any, what: str):
+    """The table's spots on the shapes elements ``shapes_key`` (all when ``None``), and their regions."""
+    if shapes_key is None:
+        return table, regions
+    wanted = [shapes_key] if isinstance(shapes_key, str) else [str(s) for s in shapes_key]
+    missing = [s for s in wanted if s not in sdata.shapes]
+    if missing:
+        raise KeyError(f"sdata.shapes has no element(s) {missing}; available: {list(sdata.shapes)}.")
+    keep = np.isin(regions, wanted)
+    if not keep.any():
+        raise ValueError(
+            f"{what} annotates none of the shapes {wanted} (its regions: {list(pd.unique(regions))})."
+        )
+    if keep.all():
+        return table, regions
+    logger.info(
+        f"SpotData: using {int(keep.sum())} of {table.n_obs} spots of {what} (shapes_key={shapes_key!r})"
+    )
+    return table[keep], regions[keep]
+
+
+def _library_names(table: Any, regions: np.ndarray, library_key: str) -> dict[str, str]:
+    """Region → slide name: ``obs[library_key]`` when it matches the regions one-to-one, else the region."""
+    lib_of = {str(r): str(r) for r in pd.unique(regions)}
+    if library_key in table.obs and not table.obs[library_key].isna().any():
+        pairs = pd.DataFrame(
+            {"r": regions, "l": table.obs[library_key].astype(str).to_numpy()}
+        ).drop_duplicates()
+        if pairs["r"].is_unique and pairs["l"].is_unique:
+            lib_of = dict(zip(pairs["r"], pairs["l"], strict=True))
+    return lib_of
+
+
+@dataclass
+class _SdataContext:
+    """What places one region's spots on its image: the table, the image choice, the pixel size."""
+
+    sdata: Any
+    table: Any
+    what: str
+    instance_key: str
+    images: Mapping[str, str] | None
+    image_key: str | None
+    coordinate_system: str | None
+    spot_diameter_um: float | None
+    um_override: tuple[float, float] | None
+    uns_spatial: Mapping[str, Any]
+
+    def slide(self, region: str, lib: str, mask: np.ndarray, names: pd.Index):
+        """The region's spot centres in image pixels, its :class:`SlideImage`, its spot diameter (µm)."""
+        gdf, xy, radius, polygons = self._shapes(region, lib, mask)
+        swhat = f"sdata.shapes[{region!r}]"
+        img_name, wanted_cs = self._image_name(gdf, region, lib, swhat)
+        element = self.sdata.images[img_name]
+        iwhat = f"sdata.images[{img_name!r}]"
+        to_px = _shape_to_pixels(gdf, element, wanted_cs, self.coordinate_system, swhat, iwhat)
+        pix = xy @ to_px[:2, :2].T + to_px[:2, 2]
+        array = _finest(element, what=iwhat)
+        h, w, _ = check_image(array, what=iwhat)
+        check_inside(pix, h, w, names, what=f"slide {lib!r} ({swhat} on {iwhat})")
+        if self.um_override is not None:
+            return pix, SlideImage(array, self.um_override, name=f"{img_name}"), None
+        um_shape = self._shape_um(radius, polygons, region, lib)
+        step = np.linalg.inv(to_px[:2, :2])  # a one-pixel step of the image along x / y, in shape units
+        um_img = tuple(float(np.hypot(um_shape[0] * step[0, a], um_shape[1] * step[1, a])) for a in (0, 1))
+        diameter = 2 * float(np.median(radius)) * float(np.mean(um_shape))
+        return pix, SlideImage(array, um_img, name=f"{img_name}"), diameter
+
+    def _shapes(self, region: str, lib: str, mask: np.ndarray):
+        """The region's shapes element, and the centres and radii of the table's spots on it."""
+        sdata, what, swhat = self.sdata, self.what, f"sdata.shapes[{region!r}]"
+        if region not in sdata.shapes:
+            raise KeyError(
+                f"{what} annotates region {region!r}, which is not a shapes element of sdata "
+                f"(shapes: {list(sdata.shapes)}); expected circle shapes."
+            )
+        gdf = sdata.shapes[region]
+        ids = self.table.obs[self.instance_key].to_numpy()[mask]
+        pos = pd.Index(gdf.index).get_indexer(ids)
+        if (pos < 0).any():
+            raise KeyError(
+                f"{what}.obs[{self.instance_key!r}] has ids {ids[pos < 0][:5].tolist()} that {swhat} "
+                "lacks in its index."
+            )
+        xy, radius, polygons = _centres_and_radii(gdf, pos, what=swhat)
+        sized = self.um_override is not None or self.spot_diameter_um is not None
+        if polygons and not sized and not _has_pixel_size(self.uns_spatial, lib, region):
+            raise ValueError(
+                f"{swhat} holds polygons (e.g. Visium HD bins) and nothing gives their pixel size: "
+                f"record 'microns_per_pixel' in {what}.uns['spatial'][{lib!r}]['scalefactors'], or pass "
+                "`microns_per_pixel=` or `spot_diameter_um=` (the bin side)."
+            )
+        return gdf, xy, radius, polygons
+
+    def _image_name(self, gdf: Any, region: str, lib: str, swhat: str) -> tuple[str, set[str]]:
+        """The image of a region (``images``, ``image_key``, else the finest covering one) and the systems."""
+        name = (self.images or {}).get(region, (self.images or {}).get(lib)) or self.image_key
+        shp_cs = _systems(gdf)
+        cs = self.coordinate_system
+        if cs is not None and cs not in shp_cs:
+            raise ValueError(
+                f"{swhat} is not in coordinate system {cs!r}; its coordinate systems: {sorted(shp_cs)}."
+            )
+        wanted_cs = {cs} if cs is not None else shp_cs
+        if name is None:
+            name = _finest_image(self.sdata, gdf, wanted_cs, what=swhat, region=region)
+        return name, wanted_cs
+
+    def _shape_um(self, radius: np.ndarray, polygons: bool, region: str, lib: str) -> tuple[float, float]:
+        """µm per shape unit along x / y: the spot diameter given, the recorded pixel size, or 55 µm."""
+        r = float(np.median(radius))
+        sf = self.uns_spatial.get(lib, self.uns_spatial.get(region, {}))
+        sf = sf.get("scalefactors", {}) if isinstance(sf, Mapping) else {}
+        where = f"{self.what}.uns['spatial'][{lib!r}]['scalefactors']"
+        recorded = _scalefactor_um(sf, what=where) if sf else None
+        diam_full = sf.get("spot_diameter_fullres")
+        if self.spot_diameter_um is not None:
+            return (self.spot_diameter_um / (2 * r),) * 2
+        if recorded is not None and (
+            polygons or (diam_full is not None and np.isclose(2 * r, float(diam_full), rtol=0.01))
+        ):
+            return recorded  # circles in full-resolution pixels of a recorded pixel size
+        d = DEFAULT_SPOT_DIAMETER_UM
+        if recorded is not None and diam_full is not None:
+            d = float(diam_full) * float(np.mean(recorded))
+        return (d / (2 * r),) * 2
+
+
+def _shape_to_pixels(gdf: Any, element: Any, wanted_cs: set[str], cs: str | None, swhat: str, iwhat: str):
+    """The affine map from shape coordinates to image pixels, the same in every shared system."""
+    common = sorted(_systems(element) & wanted_cs)
+    if not common:
+        raise ValueError(
+            f"{swhat} (coordinate systems {sorted(_systems(gdf))}) and {iwhat} (coordinate systems "
+            f"{sorted(_systems(element))}) share no coordinate system"
+            + (f" named {cs!r}" if cs else "")
+            + "; add a transformation linking them."
+        )
+    maps = [np.linalg.inv(_affine(element, c)) @ _affine(gdf, c) for c in common]
+    if any(not np.allclose(m, maps[0], rtol=1e-6, atol=1e-6) for m in maps[1:]):
+        raise ValueError(
+            f"{swhat} and {iwhat} are linked differently in coordinate systems {common}; "
+            "pass `coordinate_system=`."
+        )
+    return maps[0]
 
 
 class SlidePatches:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -231,20 +231,7 @@ def read_legacy_st(
     import anndata as ad
     import scipy.sparse as sp
 
-    # --- validate arguments before reading anything
-    if platform not in PLATFORMS:
-        raise ValueError(f"read_legacy_st: `platform` must be one of {sorted(PLATFORMS)}, got {platform!r}.")
-    pitch = float(PLATFORMS[platform]["array_pitch_um"] if array_pitch_um is None else array_pitch_um)
-    diameter = float(
-        PLATFORMS[platform]["spot_diameter_um"] if spot_diameter_um is None else spot_diameter_um
-    )
-    for name, value in (("array_pitch_um", pitch), ("spot_diameter_um", diameter)):
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"read_legacy_st: `{name}` must be a positive number, got {value!r}.")
-    if not isinstance(lowres_max_size, int | np.integer) or lowres_max_size < 1:
-        raise ValueError(
-            f"read_legacy_st: `lowres_max_size` must be a positive integer, got {lowres_max_size!r}."
-        )
+    pitch, diameter = _geometry(platform, array_pitch_um, spot_diameter_um, lowres_max_size)
     counts_path = _existing_file(counts, "counts")
     spots_path = _existing_file(spots, "spots")
     image_path = _existing_file(image, "image")
@@ -253,45 +240,11 @@ def read_legacy_st(
     if not isinstance(library_id, str) or not library_id:
         raise ValueError(f"read_legacy_st: `library_id` must be a non-empty string, got {library_id!r}.")
 
-    # --- tables and join
-    spot_ids, genes, values = _read_counts(counts_path)
-    spot_table = _read_spots(spots_path, selected_only=selected_only)
-    scale = fit_pixel_scale(spot_table)  # all spots: more points, same array
-    kept = spot_table[spot_table["selected"] == 1] if selected_only else spot_table
-    if len(kept) == 0:
-        raise ValueError(f"read_legacy_st: spot file {str(spots_path)!r} has no spot with selected == 1.")
-    in_spots = spot_ids.isin(kept.index)
-    if not in_spots.any():
-        raise ValueError(
-            f"read_legacy_st: no spot id of counts file {str(counts_path)!r} (e.g. {spot_ids[:3].tolist()}) "
-            f"matches a{' selected' if selected_only else ''} spot of {str(spots_path)!r} "
-            f"(e.g. {kept.index[:3].tolist()}); expected ids '<x>x<y>' from the columns x and y."
-        )
-    n_no_counts = int((~kept.index.isin(spot_ids)).sum())
-    n_no_spot = int((~in_spots).sum())
-    if n_no_counts or n_no_spot:
-        logger.info(
-            f"{library_id}: {n_no_counts} spot(s) of the spot table have no counts row and {n_no_spot} "
-            f"counts row(s) are not{' selected' if selected_only else ''} spots; both are dropped."
-        )
-    ids = spot_ids[in_spots]
-    values = values[in_spots]
-    table = kept.loc[ids]
+    ids, genes, values, table, scale = _joined_spots(counts_path, spots_path, selected_only, library_id)
     centres = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
 
-    # --- image (decoded once) and geometry checks
-    try:
-        full, lowres, lowres_scalef = _read_image(image_path, lowres_max_size)
-    except OSError as err:
-        raise ValueError(f"read_legacy_st: could not decode image file {str(image_path)!r}: {err}") from err
+    full, lowres, lowres_scalef = _section_image(image_path, centres, ids, spots_path, lowres_max_size)
     height, width = full.shape[:2]
-    outside = (centres[:, 0] < 0) | (centres[:, 0] >= width) | (centres[:, 1] < 0) | (centres[:, 1] >= height)
-    if outside.any():
-        raise ValueError(
-            f"read_legacy_st: {int(outside.sum())} spot centre(s) of {str(spots_path)!r} lie outside the "
-            f"{width} x {height} px image {str(image_path)!r} (e.g. spot {ids[outside][0]!r} at "
-            f"{tuple(np.round(centres[outside][0], 1))}); is this the full-resolution image of the section?"
-        )
     um_x = pitch / scale["px_per_step_x"]
     um_y = pitch / scale["px_per_step_y"]
     um = (um_x + um_y) / 2
@@ -341,6 +294,69 @@ def read_legacy_st(
         f"{um_x:.3f} x {um_y:.3f} µm/px"
     )
     return adata
+
+
+def _geometry(
+    platform: str, pitch: float | None, diameter: float | None, lowres_max_size: Any
+) -> tuple[float, float]:
+    """The array pitch and spot diameter (µm) of the platform unless given, checked with the image size."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"read_legacy_st: `platform` must be one of {sorted(PLATFORMS)}, got {platform!r}.")
+    pitch = float(PLATFORMS[platform]["array_pitch_um"] if pitch is None else pitch)
+    diameter = float(PLATFORMS[platform]["spot_diameter_um"] if diameter is None else diameter)
+    for name, value in (("array_pitch_um", pitch), ("spot_diameter_um", diameter)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"read_legacy_st: `{name}` must be a positive number, got {value!r}.")
+    if not isinstance(lowres_max_size, int | np.integer) or lowres_max_size < 1:
+        raise ValueError(
+            f"read_legacy_st: `lowres_max_size` must be a positive integer, got {lowres_max_size!r}."
+        )
+    return pitch, diameter
+
+
+def _joined_spots(counts_path: Path, spots_path: Path, selected_only: bool, library_id: str):
+    """The counts rows that are (selected) spots of the spot table, and the table's rows for them."""
+    spot_ids, genes, values = _read_counts(counts_path)
+    spot_table = _read_spots(spots_path, selected_only=selected_only)
+    scale = fit_pixel_scale(spot_table)  # all spots: more points, same array
+    kept = spot_table[spot_table["selected"] == 1] if selected_only else spot_table
+    if len(kept) == 0:
+        raise ValueError(f"read_legacy_st: spot file {str(spots_path)!r} has no spot with selected == 1.")
+    in_spots = spot_ids.isin(kept.index)
+    if not in_spots.any():
+        raise ValueError(
+            f"read_legacy_st: no spot id of counts file {str(counts_path)!r} (e.g. {spot_ids[:3].tolist()}) "
+            f"matches a{' selected' if selected_only else ''} spot of {str(spots_path)!r} "
+            f"(e.g. {kept.index[:3].tolist()}); expected ids '<x>x<y>' from the columns x and y."
+        )
+    n_no_counts = int((~kept.index.isin(spot_ids)).sum())
+    n_no_spot = int((~in_spots).sum())
+    if n_no_counts or n_no_spot:
+        logger.info(
+            f"{library_id}: {n_no_counts} spot(s) of the spot table have no counts row and {n_no_spot} "
+            f"counts row(s) are not{' selected' if selected_only else ''} spots; both are dropped."
+        )
+    ids = spot_ids[in_spots]
+    return ids, genes, values[in_spots], kept.loc[ids], scale
+
+
+def _section_image(
+    image_path: Path, centres: np.ndarray, ids: pd.Index, spots_path: Path, lowres_max_size: int
+):
+    """The H&E image (decoded once) and its low-resolution copy; every spot centre must lie on it."""
+    try:
+        full, lowres, lowres_scalef = _read_image(image_path, lowres_max_size)
+    except OSError as err:
+        raise ValueError(f"read_legacy_st: could not decode image file {str(image_path)!r}: {err}") from err
+    height, width = full.shape[:2]
+    outside = (centres[:, 0] < 0) | (centres[:, 0] >= width) | (centres[:, 1] < 0) | (centres[:, 1] >= height)
+    if outside.any():
+        raise ValueError(
+            f"read_legacy_st: {int(outside.sum())} spot centre(s) of {str(spots_path)!r} lie outside the "
+            f"{width} x {height} px image {str(image_path)!r} (e.g. spot {ids[outside][0]!r} at "
+            f"{tuple(np.round(centres[outside][0], 1))}); is this the full-resolution image of the section?"
+        )
+    return full, lowres, lowres_scalef
 
 
 def _read_image(path: Path, lowres_max_size: int):

@@ -1,27 +1,30 @@
 """Image–expression retrieval models (CMRCNet, BLEEP, mclSTExp) and the fitted-model format.
 
-``METHODS`` maps a method name to its :class:`RetrievalModule` class; :class:`STPredictModel`
-wraps a trained module with its genes, patch parameters and reference bank, and
+``METHODS`` maps a method name to its :class:`RetrievalModule` class (built from each class's
+``name``); each class's ``presets`` map a preset name to a typed :class:`Preset` (network,
+training and retrieval defaults). :class:`STPredictModel` wraps a trained module with its genes,
+:class:`PatchSpec`, :class:`RetrievalSpec`, :class:`Normalization` and :class:`ReferenceBank`;
 :func:`load` reads a model saved with :meth:`STPredictModel.save`.
 """
 
 from __future__ import annotations
 
-from ._base import ContrastiveModule, RetrievalModule, STPredictModel
+from ._base import ContrastiveModule, RetrievalModule
 from ._encoders import FeatureEncoder, ImageEncoder, build_image_encoder
+from ._fitted import STPredictModel
 from ._io import FORMAT_NAME, FORMAT_VERSION
 from ._losses import info_nce_loss, reconstruction_loss, soft_clip_loss
+from ._registry import METHODS, PRESETS
+from ._specs import Normalization, PatchSpec, Preset, ReferenceBank, RetrievalSpec, TrainingSpec
 from .bleep import BLEEP
 from .cmrcnet import CMRCNet
 from .mclstexp import MclSTExp
-
-METHODS: dict[str, type[RetrievalModule]] = {"cmrcnet": CMRCNet, "bleep": BLEEP, "mclstexp": MclSTExp}
-"""Method name → module class."""
 
 load = STPredictModel.load
 
 __all__ = [
     "METHODS",
+    "PRESETS",
     "STPredictModel",
     "load",
     "RetrievalModule",
@@ -29,6 +32,12 @@ __all__ = [
     "CMRCNet",
     "BLEEP",
     "MclSTExp",
+    "Preset",
+    "TrainingSpec",
+    "RetrievalSpec",
+    "PatchSpec",
+    "Normalization",
+    "ReferenceBank",
     "ImageEncoder",
     "build_image_encoder",
     "FeatureEncoder",

@@ -1,6 +1,8 @@
 """Saved-model format: a folder with ``model.safetensors``, ``bank.safetensors``, ``config.json``.
 
 Nothing is unpickled on load: weights and numeric arrays are safetensors, the rest is JSON.
+This module knows the folder format only; :class:`~stpredict.models.STPredictModel` decides
+what goes into it (it imports this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -9,23 +11,19 @@ import inspect
 import json
 import re
 import struct
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from stpredict._logging import logger
-
-if TYPE_CHECKING:
-    from ._base import STPredictModel
-
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_model", "load_model"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "build_saved_module", "read_model_folder", "write_model_folder"]
 
 FORMAT_NAME = "stpredict-model"
 FORMAT_VERSION = 2  # 2: config.json records the sha256 of the weight files
 MODEL_FILE, BANK_FILE, CONFIG_FILE = "model.safetensors", "bank.safetensors", "config.json"
-_NUMERIC_BANK = ("expression", "embeddings", "coords")
+_LOAD = "stpredict.models.load"
 
 
 def _json_default(obj: Any) -> Any:
@@ -39,7 +37,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _is_model_folder(path: Path) -> bool:
-    """Whether ``path`` holds a model written by :func:`save_model` (and nothing else)."""
+    """Whether ``path`` holds a model written by :func:`write_model_folder` (and nothing else)."""
     names = {p.name for p in path.iterdir()}
     if not names <= {MODEL_FILE, BANK_FILE, CONFIG_FILE}:
         return False
@@ -49,36 +47,15 @@ def _is_model_folder(path: Path) -> bool:
         return False
 
 
-def _metadata(model: STPredictModel) -> dict[str, Any]:
-    import stpredict
-
-    bank = model.bank
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "stpredict_version": stpredict.__version__,
-        "torch_version": torch.__version__,
-        "method": model.method,
-        "n_genes": len(model.genes),
-        "config": model.config,
-        "genes": model.genes,
-        "normalization": model.normalization,
-        "patch": model.patch,
-        "retrieval": model.retrieval,
-        "history": model.history,
-        "training": model.training,
-        "bank": None
-        if bank is None
-        else {
-            "n_spots": len(bank["expression"]),
-            "library_id": bank["library_id"].tolist(),
-            "obs_names": bank["obs_names"].tolist(),
-        },
-    }
-
-
-def save_model(model: STPredictModel, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``model`` to the folder ``path`` (see :meth:`STPredictModel.save`).
+def write_model_folder(
+    path: str | Path,
+    *,
+    meta: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    arrays: dict[str, np.ndarray],
+    overwrite: bool = False,
+) -> Path:
+    """Write a model folder: ``state`` and ``arrays`` as safetensors, ``meta`` as ``config.json``.
 
     The files are written into a temporary sibling folder, ``config.json`` last with the sha256
     of the two weight files, and the folder is then renamed into place; a lock file
@@ -91,7 +68,7 @@ def save_model(model: STPredictModel, path: str | Path, *, overwrite: bool = Fal
     from ._folder import file_sha256, replace_folder
 
     what = "STPredictModel.save"
-    meta = _metadata(model)
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta}
     json.dumps(meta, default=_json_default)  # fail before writing anything if it cannot be stored
 
     def may_replace(folder: Path) -> bool:
@@ -107,19 +84,15 @@ def save_model(model: STPredictModel, path: str | Path, *, overwrite: bool = Fal
         return True
 
     def write(folder: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
-        save_torch(state, str(folder / MODEL_FILE), metadata={"format": FORMAT_NAME})
-        bank = model.bank
-        arrays = (
-            {} if bank is None else {k: np.ascontiguousarray(bank[k]) for k in _NUMERIC_BANK if k in bank}
-        )
-        save_numpy(arrays, str(folder / BANK_FILE), metadata={"format": FORMAT_NAME})
+        cpu_state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_torch(cpu_state, str(folder / MODEL_FILE), metadata={"format": FORMAT_NAME})
+        numeric = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        save_numpy(numeric, str(folder / BANK_FILE), metadata={"format": FORMAT_NAME})
         files = {name: file_sha256(folder / name) for name in (MODEL_FILE, BANK_FILE)}
         text = json.dumps({**meta, "files": files}, indent=1, default=_json_default)
         (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
 
     replace_folder(Path(path), write, may_replace=may_replace, what=what)
-    logger.info(f"saved {model.method} model to {path}")
     return Path(path)
 
 
@@ -178,7 +151,7 @@ def check_config(config: Any, cls: type, where: str) -> dict[str, Any]:
     may only use :data:`ARCHITECTURE_KEYS` with plain values, so a downloaded model folder cannot
     make loading read a local file or fetch anything.
     """
-    what = "stpredict.models.load"
+    what = _LOAD
     if not isinstance(config, dict):
         raise ValueError(f"{what}: 'config' in {where!r} is a {type(config).__name__}; expected an object.")
     unknown = sorted(set(config) - _init_keywords(cls))
@@ -237,122 +210,79 @@ def _check_safetensors(file: Path) -> None:
         ) from err
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> STPredictModel:
-    """Read a model folder written by :func:`save_model` (see :meth:`STPredictModel.load`)."""
+def read_model_folder(
+    path: str | Path, *, methods: Iterable[str]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """``config.json``, the weights and the bank arrays of a folder written by :func:`write_model_folder`.
+
+    Checks the format, its version, the method (one of ``methods``), the required keys, the
+    safetensors headers and the sha256 of the weight files before reading any weights.
+    """
     from safetensors.numpy import load_file as load_numpy
     from safetensors.torch import load_file as load_torch
 
-    from stpredict._device import resolve_device
-
-    from . import METHODS
-    from ._base import STPredictModel
-
     path = Path(path)
-    what = "stpredict.models.load"
+    _check_folder(path)
+    meta = _read_config(path / CONFIG_FILE)
+    methods = sorted(methods)
+    if meta["method"] not in methods:
+        raise ValueError(
+            f"{_LOAD}: method {meta['method']!r} in {str(path / CONFIG_FILE)!r} is unknown; known: {methods}."
+        )
+    _check_safetensors(path / MODEL_FILE)
+    _check_safetensors(path / BANK_FILE)
+    _check_files(path, meta, _LOAD)
+    return meta, load_torch(str(path / MODEL_FILE)), load_numpy(str(path / BANK_FILE))
+
+
+def _check_folder(path: Path) -> None:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what}: {str(path)!r} is not a folder (expected a saved stpredict model).")
+        raise FileNotFoundError(f"{_LOAD}: {str(path)!r} is not a folder (expected a saved stpredict model).")
     for name in (CONFIG_FILE, MODEL_FILE, BANK_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(
-                f"{what}: {str(path / name)!r} is missing; is {str(path)!r} a saved model?"
+                f"{_LOAD}: {str(path / name)!r} is missing; is {str(path)!r} a saved model?"
             )
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    """``config.json`` of a model folder, with its format, version and required keys checked."""
     try:
-        meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        meta = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what}: {str(path / CONFIG_FILE)!r} is not valid JSON ({err}).") from err
+        raise ValueError(f"{_LOAD}: {str(file)!r} is not valid JSON ({err}).") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(
-            f"{what}: {str(path / CONFIG_FILE)!r} has format {found!r}; expected {FORMAT_NAME!r} "
+            f"{_LOAD}: {str(file)!r} has format {found!r}; expected {FORMAT_NAME!r} "
             "(not a folder written by STPredictModel.save)."
         )
     version = meta.get("format_version")
     if not isinstance(version, int) or version < 1:
-        raise ValueError(
-            f"{what}: {str(path / CONFIG_FILE)!r} has format_version {version!r}; expected an integer."
-        )
+        raise ValueError(f"{_LOAD}: {str(file)!r} has format_version {version!r}; expected an integer.")
     if version > FORMAT_VERSION:
         raise ValueError(
-            f"{what}: {str(path)!r} uses format_version {version} (written by stpredict "
+            f"{_LOAD}: {str(file.parent)!r} uses format_version {version} (written by stpredict "
             f"{meta.get('stpredict_version')}); this stpredict reads up to {FORMAT_VERSION}: "
             "upgrade stpredict."
         )
     missing = [k for k in ("method", "config", "genes", "patch", "retrieval") if k not in meta]
     if missing:
-        raise ValueError(f"{what}: {str(path / CONFIG_FILE)!r} lacks the keys {missing}.")
-    method = meta["method"]
-    if method not in METHODS:
-        raise ValueError(
-            f"{what}: method {method!r} in {str(path / CONFIG_FILE)!r} is unknown; known: {sorted(METHODS)}."
-        )
-    genes = meta["genes"]
-    _check_safetensors(path / MODEL_FILE)
-    _check_safetensors(path / BANK_FILE)
-    _check_files(path, meta, what)
+        raise ValueError(f"{_LOAD}: {str(file)!r} lacks the keys {missing}.")
+    return meta
 
-    # weights come from the file: never download or read backbone weights again
-    cls = METHODS[method]
-    config = {
-        **check_config(meta["config"], cls, str(path / CONFIG_FILE)),
-        "pretrained": False,
-        "weights_path": None,
-    }
+
+def build_saved_module(cls: type, meta: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> Any:
+    """The ``cls`` module of a saved model with its weights; backbone weights are never fetched."""
+    config = {**check_config(meta["config"], cls, where), "pretrained": False, "weights_path": None}
     try:
-        module = cls(len(genes), **config)
+        module = cls(len(meta["genes"]), **config)
     except TypeError as err:
-        raise ValueError(
-            f"{what}: the config in {str(path / CONFIG_FILE)!r} does not fit {cls.__name__}: {err}"
-        ) from err
+        raise ValueError(f"{_LOAD}: the config in {where!r} does not fit {cls.__name__}: {err}") from err
     module.config["pretrained"] = meta["config"].get("pretrained", False)
     module.config["weights_path"] = meta["config"].get("weights_path")
-    state = load_torch(str(path / MODEL_FILE))
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(
-            f"{what}: weights in {str(path / MODEL_FILE)!r} do not match the config: {err}"
-        ) from err
-
-    bank = None
-    arrays = load_numpy(str(path / BANK_FILE))
-    info = meta.get("bank")
-    if info is not None:
-        for key in ("expression", "embeddings"):
-            if key not in arrays:
-                raise ValueError(f"{what}: {str(path / BANK_FILE)!r} lacks the array {key!r}.")
-        n = int(info["n_spots"])
-        expected = {"expression": (n, len(genes)), "embeddings": (n, module.embedding_dim), "coords": (n, 2)}
-        for key, shape in expected.items():
-            if key in arrays and arrays[key].shape != shape:
-                raise ValueError(
-                    f"{what}: bank array {key!r} in {str(path / BANK_FILE)!r} has shape {arrays[key].shape}; "
-                    f"expected {shape} ({n} spots, {len(genes)} genes)."
-                )
-        if len(info["library_id"]) != n or len(info["obs_names"]) != n:
-            raise ValueError(
-                f"{what}: bank library_id/obs_names in {str(path / CONFIG_FILE)!r} do not have {n} entries."
-            )
-        bank = {
-            "expression": arrays["expression"],
-            "embeddings": arrays["embeddings"],
-            "library_id": np.asarray(info["library_id"], dtype=str),
-            "obs_names": np.asarray(info["obs_names"], dtype=str),
-        }
-        if "coords" in arrays:
-            bank["coords"] = arrays["coords"]
-
-    model = STPredictModel(
-        method,
-        module,
-        genes=genes,
-        normalization=meta.get("normalization"),
-        patch=meta["patch"],
-        retrieval=meta["retrieval"],
-        history=meta.get("history"),
-        training=meta.get("training"),
-    )
-    if bank is not None:
-        model.bank = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in bank.items()}
-    module.to(resolve_device(device)).eval()
-    logger.info(f"loaded {method} model from {path}")
-    return model
+        raise ValueError(f"{_LOAD}: weights in {where!r} do not match the config: {err}") from err
+    return module

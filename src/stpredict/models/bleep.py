@@ -6,14 +6,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._base import (
-    CPU_IMAGE_TOWER,
-    PROJECTION_TRAINING,
-    ProjectedExpressionModule,
-    _tower_config,
-    _training_presets,
-)
+from ._base import ProjectedExpressionModule, _tower_config
 from ._losses import soft_clip_loss
+from ._presets import CPU_IMAGE_TOWER, PROJECTION_TRAINING, method_presets
+from ._specs import Preset, RetrievalSpec
 
 __all__ = ["BLEEP"]
 
@@ -27,7 +23,7 @@ class BLEEP(ProjectedExpressionModule):
     Presets: ``"paper"`` (ResNet-50 at 224 px; the authors start from ImageNet weights:
     pass ``pretrained=True`` (network) or ``weights_path=`` to do the same; the default is from
     scratch), ``"cpu"`` (the shared CPU tower: a half-width ResNet-18 from scratch at 64 px, with the
-    CPU recipe of :data:`~stpredict.models._base.CPU_RECIPE`) and ``"tiny"`` (a ResNet with one
+    CPU recipe of :data:`~stpredict.models._presets.CPU_TRAINING`) and ``"tiny"`` (a ResNet with one
     narrow block per stage at 32 px, for tests). In-batch contrastive losses need large
     batches: users of the authors' code report collapse with small batches (see docs).
 
@@ -68,18 +64,21 @@ class BLEEP(ProjectedExpressionModule):
     """
 
     name: ClassVar[str] = "bleep"
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"backbone": "resnet50", "backbone_kwargs": {}, "image_size": 224, "pretrained": False},
-        "cpu": CPU_IMAGE_TOWER,
-        "tiny": {
-            "backbone": "resnet18",
-            "backbone_kwargs": {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]},
-            "image_size": 32,
-            "pretrained": False,
-            "dim": 32,
+    presets: ClassVar[dict[str, Preset]] = method_presets(
+        {
+            "paper": {"backbone": "resnet50", "backbone_kwargs": {}, "image_size": 224, "pretrained": False},
+            "cpu": CPU_IMAGE_TOWER,
+            "tiny": {
+                "backbone": "resnet18",
+                "backbone_kwargs": {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]},
+                "image_size": 32,
+                "pretrained": False,
+                "dim": 32,
+            },
         },
-    }
-    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(PROJECTION_TRAINING, "paper")
+        PROJECTION_TRAINING,
+        RetrievalSpec(k=50, weighting="mean"),
+    )
 
     def __init__(
         self,

@@ -7,16 +7,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import (
-    CPU_IMAGE_TOWER,
-    PROJECTION_TRAINING,
-    ProjectedExpressionModule,
-    _pool_tokens,
-    _tower_config,
-    _training_presets,
-)
+from ._base import ProjectedExpressionModule, _pool_tokens, _tower_config
 from ._layers import CrossAttention, FusionBlock, SNNGeneTokens, feature_mask
 from ._losses import cmrcnet_total_loss, reconstruction_loss, soft_clip_loss
+from ._presets import CPU_IMAGE_TOWER, PROJECTION_TRAINING, method_presets
+from ._specs import Preset, RetrievalSpec
 
 __all__ = ["CMRCNet"]
 
@@ -36,7 +31,7 @@ class CMRCNet(ProjectedExpressionModule):
 
     Presets: ``"paper"`` (authors' code), ``"paper-vitb"`` (the paper's ViT-B: depth 12, 12
     heads), ``"cpu"`` (the shared CPU tower: a half-width ResNet-18 from scratch at 64 px, with the
-    CPU recipe of :data:`~stpredict.models._base.CPU_RECIPE`) and ``"tiny"`` (32 px, patch 8,
+    CPU recipe of :data:`~stpredict.models._presets.CPU_TRAINING`) and ``"tiny"`` (32 px, patch 8,
     width 32: 17 tokens, for tests).
 
     Parameters
@@ -92,21 +87,22 @@ class CMRCNet(ProjectedExpressionModule):
     """
 
     name: ClassVar[str] = "cmrcnet"
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"backbone": "vit_base_patch32_224", "backbone_kwargs": {"depth": 8, "num_heads": 8}},
-        "paper-vitb": {"backbone": "vit_base_patch32_224", "backbone_kwargs": {}},
-        "cpu": CPU_IMAGE_TOWER,
-        "tiny": {
-            "backbone": "vit_tiny_patch16_224",
-            "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
-            "image_size": 32,
-            "dim": 32,
-            "cross_heads": 2,
-            "fusion_heads": 4,
+    presets: ClassVar[dict[str, Preset]] = method_presets(
+        {
+            "paper": {"backbone": "vit_base_patch32_224", "backbone_kwargs": {"depth": 8, "num_heads": 8}},
+            "paper-vitb": {"backbone": "vit_base_patch32_224", "backbone_kwargs": {}},
+            "cpu": CPU_IMAGE_TOWER,
+            "tiny": {
+                "backbone": "vit_tiny_patch16_224",
+                "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
+                "image_size": 32,
+                "dim": 32,
+                "cross_heads": 2,
+                "fusion_heads": 4,
+            },
         },
-    }
-    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(
-        PROJECTION_TRAINING, "paper", "paper-vitb"
+        PROJECTION_TRAINING,
+        RetrievalSpec(k=50, weighting="mean"),
     )
 
     def __init__(

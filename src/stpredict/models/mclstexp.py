@@ -7,24 +7,16 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import CPU_IMAGE_TOWER, ContrastiveModule, _tower_config, _training_presets
+from ._base import ContrastiveModule, _tower_config
 from ._layers import ProjectionHead, SpotTransformerBlock
 from ._losses import info_nce_loss
+from ._presets import CPU_IMAGE_TOWER, method_presets
+from ._specs import Preset, RetrievalSpec, TrainingSpec
 
 __all__ = ["MclSTExp"]
 
-_TRAINING = {
-    "optimizer": "adam",
-    "lr": 1e-4,
-    "weight_decay": 1e-3,
-    "lr_min": 1e-5,
-    "scheduler": None,
-    "epochs": 90,
-    "batch_size": 128,
-    "drop_last": True,
-    "augment": True,
-    "retrieval": {"k": 200, "weighting": "inverse_distance2"},
-}
+# The authors' training: Adam at a constant learning rate, 90 epochs of batches of 128
+_TRAINING = TrainingSpec(optimizer="adam", scheduler=None, epochs=90, batch_size=128)
 
 
 class MclSTExp(ContrastiveModule):
@@ -41,7 +33,7 @@ class MclSTExp(ContrastiveModule):
     Presets: ``"paper"`` (DenseNet-121 at 224 px; the authors start from ImageNet weights:
     pass ``pretrained=True`` (network) or ``weights_path=`` to do the same; the default is from
     scratch), ``"cpu"`` (the shared CPU tower: a half-width ResNet-18 from scratch at 64 px, with the
-    CPU recipe of :data:`~stpredict.models._base.CPU_RECIPE`) and ``"tiny"`` (a one-layer-per-block
+    CPU recipe of :data:`~stpredict.models._presets.CPU_TRAINING`) and ``"tiny"`` (a one-layer-per-block
     DenseNet at 32 px, for tests).
 
     Parameters
@@ -83,21 +75,29 @@ class MclSTExp(ContrastiveModule):
     """
 
     name: ClassVar[str] = "mclstexp"
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"backbone": "densenet121", "backbone_kwargs": {}, "image_size": 224, "pretrained": False},
-        "cpu": CPU_IMAGE_TOWER,
-        "tiny": {
-            "backbone": "densenet121",
-            "backbone_kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1]},
-            "image_size": 32,
-            "pretrained": False,
-            "dim": 32,
-            "heads": 2,
-            "head_dim": 8,
-            "max_coord": 64,
+    presets: ClassVar[dict[str, Preset]] = method_presets(
+        {
+            "paper": {
+                "backbone": "densenet121",
+                "backbone_kwargs": {},
+                "image_size": 224,
+                "pretrained": False,
+            },
+            "cpu": CPU_IMAGE_TOWER,
+            "tiny": {
+                "backbone": "densenet121",
+                "backbone_kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1]},
+                "image_size": 32,
+                "pretrained": False,
+                "dim": 32,
+                "heads": 2,
+                "head_dim": 8,
+                "max_coord": 64,
+            },
         },
-    }
-    training_presets: ClassVar[dict[str, dict[str, Any]]] = _training_presets(_TRAINING, "paper")
+        _TRAINING,
+        RetrievalSpec(k=200, weighting="inverse_distance2"),
+    )
 
     def __init__(
         self,

@@ -69,22 +69,22 @@ def extend_bank(
         data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
     )
     check_new_reference(
-        model.bank["library_id"], model.bank["obs_names"], sd.libraries, sd.obs_names, what="extend_bank"
+        model.bank.library_id, model.bank.obs_names, sd.libraries, sd.obs_names, what="extend_bank"
     )
     expression = _reference_expression(model, sd)
     old = model.bank
     coords = np.asarray(sd.grid_coords, dtype=np.int64)
     embeddings = model.embed_expression(expression, coords, device=resolve_device(device))
     model.set_bank(
-        np.concatenate([old["expression"], expression]),
-        np.concatenate([old["embeddings"], embeddings]),
-        library_id=np.concatenate([old["library_id"], np.asarray(sd.library_ids).astype(str)]),
-        obs_names=np.concatenate([old["obs_names"], np.asarray(sd.obs_names).astype(str)]),
-        coords=None if "coords" not in old else np.concatenate([old["coords"], coords]),
+        np.concatenate([old.expression, expression]),
+        np.concatenate([old.embeddings, embeddings]),
+        library_id=np.concatenate([old.library_id, np.asarray(sd.library_ids).astype(str)]),
+        obs_names=np.concatenate([old.obs_names, np.asarray(sd.obs_names).astype(str)]),
+        coords=None if old.coords is None else np.concatenate([old.coords, coords]),
     )
-    model.training["bank_libraries"] = sorted(np.unique(model.bank["library_id"]).tolist())
+    model.training["bank_libraries"] = sorted(np.unique(model.bank.library_id).tolist())
     logger.info(
         f"extend_bank: added {len(expression)} spots of {len(sd.libraries)} slide(s) {sd.libraries}; "
-        f"the bank holds {len(model.bank['expression'])} spots"
+        f"the bank holds {len(model.bank.expression)} spots"
     )
     return model

@@ -11,18 +11,17 @@ import numpy as np
 import pandas as pd
 
 from stpredict._logging import logger
+from stpredict._validation import check_int, check_not_set, check_obs_column
+
+from ._runners import _KEY, BASELINES, Fold, MethodRunner, Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
     from stpredict.models import STPredictModel
 
-BASELINES = ("random", "oracle", "image_knn", "image_ridge")
 _GENE_SETS = ("heg", "hvg", "all")
 _PER_GENE_COLUMNS = ["method", "fold", "library_id", "gene_set", "gene", "pearson_r", "mse", "mae"]
-_KEY = "stpredict_cv"
-# patches for the hand-made image features: the model's physical patch size, resampled to this many
-# pixels (the features are colour/texture statistics; 64 px keeps them cheap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,200 +392,48 @@ def cross_validate(
     >>> res.summary  # doctest: +SKIP
     >>> print(res.to_markdown())  # doctest: +SKIP
     """
-    from stpredict import pp
-    from stpredict.baselines import ImageFeatureKNN, ImageFeatureRidge, oracle_retrieval, random_retrieval
-    from stpredict.get import prediction as get_prediction
-
-    from ._fit import fit
-    from ._predict import predict
-
-    # ---------------------------------------------------------------- validation (nothing runs yet)
+    library_key = fit_kwargs.get("library_key", "library_id")
     if not (hasattr(data, "obs") and hasattr(data, "X")):
         raise TypeError(
             f"`data` must be an AnnData with several slides, got {type(data).__name__} "
             "(for a SpatialData, cross-validate its table with the images in uns['spatial'])."
         )
-    library_key = fit_kwargs.get("library_key", "library_id")
-    for key, what in ((groups, "groups"), (library_key, "library_key")):
-        if key not in data.obs.columns:
-            raise KeyError(
-                f"`{what}` {key!r} is not a column of data.obs; available: {list(data.obs.columns)}."
-            )
+    check_obs_column(data, groups, what="groups")
+    check_obs_column(data, library_key, what="library_key")
+    check_int(k, what="cross_validate: `k`")
+    check_not_set(fit_kwargs, ("genes", "method", "seed", "progress", "copy"), what="cross_validate")
     methods = _parse_methods(method)
-    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"`k` must be a positive integer, got {k!r}.")
-    if isinstance(baselines, str):
-        baselines = (baselines,)
-    baselines = tuple(baselines or ())
-    bad = [b for b in baselines if b not in BASELINES]
-    if bad:
-        raise ValueError(f"Unknown baselines {bad}; expected any of {BASELINES}.")
-    if isinstance(gene_sets, str):
-        gene_sets = (gene_sets,)
-    bad = [s for s in gene_sets if s not in _GENE_SETS]
-    if bad:
-        raise ValueError(f"Unknown gene sets {bad}; expected any of {_GENE_SETS} (markers via `markers=`).")
-    sets: dict[str, Any] = {s: s for s in gene_sets}
-    if markers is not None:
-        markers = [str(g) for g in ([markers] if isinstance(markers, str) else markers)]
-        missing = [g for g in markers if g not in data.var_names]
-        if missing:
-            raise KeyError(f"Marker genes {missing} are not in data.var_names.")
-        if markers:
-            sets["markers"] = markers
-    if not sets:
-        raise ValueError("No gene set to evaluate: give `gene_sets` and/or `markers`.")
-    for reserved in ("genes", "method", "seed", "progress", "copy"):
-        if reserved in fit_kwargs:
-            raise TypeError(
-                f"`{reserved}` is set by cross_validate; pass it as its own argument, not to fit."
-            )
+    baselines = _parse_baselines(baselines)
+    sets = _gene_sets(data, gene_sets, markers)
     group_values = data.obs[groups].astype(str).to_numpy()
     folds = _make_folds(group_values, n_folds, seed)
-
-    # ---------------------------------------------------------------- genes, once for all slides
-    layer = fit_kwargs.get("layer")
-    if genes is None:
-        gene_list = pp.select_genes(data, n_top_genes=n_top_genes, library_key=library_key, layer=layer)
-        if markers:
-            extra = [g for g in markers if g not in gene_list]
-            if extra:
-                logger.info(
-                    f"cross_validate: adding {len(extra)} marker genes to the selected genes: {extra}."
-                )
-                gene_list = [g for g in data.var_names if g in set(gene_list) | set(extra)]
-    else:
-        gene_list = pp.select_genes(data, library_key=library_key, genes=list(genes), layer=layer)
-    gene_list = [str(g) for g in gene_list]
+    gene_list = _cv_genes(data, genes, sets.get("markers"), n_top_genes, library_key, fit_kwargs.get("layer"))
     logger.info(
         f"cross_validate: {len(folds)} folds over {len(pd.unique(group_values))} groups ({groups!r}), "
         f"{len(gene_list)} genes, methods {list(methods)}, baselines {list(baselines)}, k={k}."
     )
-
     spot_kwargs = {key: fit_kwargs[key] for key in ("table_key",) if key in fit_kwargs}
-    features = (
-        _FeatureCache(data, library_key, spot_kwargs, baseline_features)
-        if {"image_knn", "image_ridge"} & set(baselines)
-        else None
-    )
-
-    tables: list[pd.DataFrame] = []
-    timings: list[dict[str, Any]] = []
     models: dict[tuple[str, int], Any] = {}
+    runners = _build_runners(
+        methods, baselines, {**fit_kwargs, "genes": gene_list}, weighting,
+        _FeatureCache(data, library_key, spot_kwargs, baseline_features),
+        keep=(lambda label, fold, model: models.__setitem__((label, fold), model)) if keep_models else None,
+    )  # fmt: skip
     from stpredict._progress import progress as progress_bar
 
-    for fold, held_out in enumerate(
+    tables, timings = [], []
+    for index, held_out in enumerate(
         progress_bar(folds, desc="cross-validation folds", unit="fold", enabled=progress)
     ):
         test_mask = np.isin(group_values, held_out)
-        train = _subset(data, ~test_mask, library_key)
-        test = _subset(data, test_mask, library_key)
-        fold_tables: list[pd.DataFrame] = []
-        truth = libs = coords = None
-        first_model = None
-        for label, (name, model_kwargs) in methods.items():
-            t0 = time.perf_counter()
-            model = fit(
-                train,
-                method=name,
-                genes=gene_list,
-                seed=seed,
-                progress=False,
-                **{**fit_kwargs, **model_kwargs},
-            )
-            t_fit = time.perf_counter() - t0
-            k_eff = min(k, len(model.bank["expression"]))
-            if k_eff < k:
-                logger.warning(f"cross_validate: fold {fold}: only {k_eff} reference spots; k={k} lowered.")
-            t0 = time.perf_counter()
-            pred_kwargs = {
-                "k": k_eff,
-                "weighting": weighting,
-                "copy": True,
-                "key_added": _KEY,
-                "progress": False,
-            }
-            pred_kwargs["library_key"] = library_key
-            pred_kwargs.update({key: fit_kwargs[key] for key in ("device", "table_key") if key in fit_kwargs})
-            result = predict(test, model, **pred_kwargs)
-            t_pred = time.perf_counter() - t0
-            timings.append({"method": label, "fold": fold, "fit_s": t_fit, "predict_s": t_pred})
-            pred_df, truth_df = get_prediction(result, _KEY)
-            if truth_df is None:
-                raise ValueError(
-                    f"cross_validate: the held-out slides {held_out} have no counts for the genes."
-                )
-            lib_series = result.obs[library_key].astype(str) if library_key in result.obs else None
-            if lib_series is None:
-                raise KeyError(f"cross_validate: predict(copy=True) dropped obs[{library_key!r}].")
-            fold_tables.append(
-                _evaluate(_arrays_adata(pred_df.to_numpy(), truth_df, lib_series), sets, n_genes, label, fold)
-            )
-            if truth is None:
-                truth, libs, first_model = truth_df, lib_series, model
-            if "oracle" in baselines:
-                if coords is None:
-                    from stpredict.data import SpotData
-
-                    sd = SpotData.from_object(test, library_key=library_key, **spot_kwargs)
-                    coords = pd.DataFrame(sd.grid_coords, index=sd.obs_names.astype(str))
-                xy = coords.reindex(truth_df.index.astype(str)).to_numpy()
-                w = weighting or model.retrieval.get("weighting", "mean")
-                t0 = time.perf_counter()
-                oracle = oracle_retrieval(
-                    model, truth_df.to_numpy(np.float32), k=k_eff, weighting=w, coords=xy
-                )
-                timings.append(
-                    {
-                        "method": f"oracle ({label})",
-                        "fold": fold,
-                        "fit_s": 0.0,
-                        "predict_s": time.perf_counter() - t0,
-                    }
-                )
-                fold_tables.append(
-                    _evaluate(
-                        _arrays_adata(oracle, truth_df, lib_series), sets, n_genes, f"oracle ({label})", fold
-                    )
-                )
-            if keep_models:
-                models[(label, fold)] = model
-            del model, result
-
-        # model-independent baselines: the first model's bank (same slides, genes, normalisation)
-        bank_expr = first_model.bank["expression"]
-        k_eff = min(k, len(bank_expr))
-        if "random" in baselines:
-            t0 = time.perf_counter()
-            rand = random_retrieval(bank_expr, len(truth), k=k_eff, seed=seed + fold)
-            timings.append(
-                {"method": "random", "fold": fold, "fit_s": 0.0, "predict_s": time.perf_counter() - t0}
-            )
-            fold_tables.append(_evaluate(_arrays_adata(rand, truth, libs), sets, n_genes, "random", fold))
-        for base, cls in (("image_knn", ImageFeatureKNN), ("image_ridge", ImageFeatureRidge)):
-            if base not in baselines:
-                continue
-            t0 = time.perf_counter()
-            patch_um = float(first_model.patch.get("patch_size_um", fit_kwargs.get("patch_size_um", 112.0)))
-            bank_names = np.asarray(first_model.bank["obs_names"]).astype(str)
-            train_feats = features.get(bank_names, patch_um)
-            test_feats = features.get(truth.index, patch_um)
-            estimator = cls(k=k_eff) if base == "image_knn" else cls()
-            pred = estimator.fit(train_feats, bank_expr).predict(test_feats)
-            timings.append(
-                {"method": base, "fold": fold, "fit_s": 0.0, "predict_s": time.perf_counter() - t0}
-            )
-            fold_tables.append(_evaluate(_arrays_adata(pred, truth, libs), sets, n_genes, base, fold))
-        del first_model
-
-        fold_df = pd.concat(fold_tables, ignore_index=True)
-        tables.append(fold_df)
-        means = fold_df.groupby(["method", "gene_set", "library_id"], sort=False)["pearson_r"].mean()
-        means = means.groupby(level=["method", "gene_set"], sort=False).mean().unstack("gene_set")
-        logger.info(
-            f"cross_validate: fold {fold + 1}/{len(folds)} (held out {held_out}): "
-            f"mean r\n{means.round(4).to_string()}"
-        )
+        fold = Fold(
+            index, held_out, _subset(data, ~test_mask, library_key), _subset(data, test_mask, library_key),
+            k=int(k), seed=seed, library_key=library_key, spot_kwargs=spot_kwargs,
+        )  # fmt: skip
+        table, times = _run_fold(fold, runners, sets, n_genes)
+        tables.append(table)
+        timings += times
+        _log_fold(table, fold, len(folds))
 
     per_gene = pd.concat(tables, ignore_index=True)[_PER_GENE_COLUMNS]
     params = {
@@ -606,6 +453,103 @@ def cross_validate(
         },
     }
     return _assemble(per_gene, folds, gene_list, timings, models, params)
+
+
+def _parse_baselines(baselines: str | Sequence[str] | None) -> tuple[str, ...]:
+    baselines = (baselines,) if isinstance(baselines, str) else tuple(baselines or ())
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise ValueError(f"Unknown baselines {bad}; expected any of {tuple(BASELINES)}.")
+    return baselines
+
+
+def _gene_sets(data: AnnData, gene_sets: str | Sequence[str], markers: Any) -> dict[str, Any]:
+    """``{name: "heg" | "hvg" | "all" | [marker genes]}``, the sets :func:`evaluate` reports."""
+    if isinstance(gene_sets, str):
+        gene_sets = (gene_sets,)
+    bad = [s for s in gene_sets if s not in _GENE_SETS]
+    if bad:
+        raise ValueError(f"Unknown gene sets {bad}; expected any of {_GENE_SETS} (markers via `markers=`).")
+    sets: dict[str, Any] = {s: s for s in gene_sets}
+    if markers is not None:
+        markers = [str(g) for g in ([markers] if isinstance(markers, str) else markers)]
+        missing = [g for g in markers if g not in data.var_names]
+        if missing:
+            raise KeyError(f"Marker genes {missing} are not in data.var_names.")
+        if markers:
+            sets["markers"] = markers
+    if not sets:
+        raise ValueError("No gene set to evaluate: give `gene_sets` and/or `markers`.")
+    return sets
+
+
+def _cv_genes(
+    data: AnnData,
+    genes: Sequence[str] | None,
+    markers: list[str] | None,
+    n_top_genes: int,
+    library_key: str,
+    layer: str | None,
+) -> list[str]:
+    """The genes of every fold: ``genes`` as given, or selected once on all slides (+ markers)."""
+    from stpredict import pp
+
+    if genes is not None:
+        return [
+            str(g) for g in pp.select_genes(data, library_key=library_key, genes=list(genes), layer=layer)
+        ]
+    gene_list = pp.select_genes(data, n_top_genes=n_top_genes, library_key=library_key, layer=layer)
+    extra = [g for g in markers or () if g not in gene_list]
+    if extra:
+        logger.info(f"cross_validate: adding {len(extra)} marker genes to the selected genes: {extra}.")
+        gene_list = [g for g in data.var_names if g in set(gene_list) | set(extra)]
+    return [str(g) for g in gene_list]
+
+
+def _build_runners(
+    methods: dict[str, tuple[str, dict[str, Any]]],
+    baselines: tuple[str, ...],
+    fit_kwargs: dict[str, Any],
+    weighting: str | None,
+    features: _FeatureCache,
+    *,
+    keep: Any,
+) -> list[Runner]:
+    """The methods (each with its oracle when asked), then the baselines of :data:`BASELINES`."""
+    runners: list[Runner] = [
+        MethodRunner(label, name, {**fit_kwargs, **kwargs}, weighting, "oracle" in baselines, keep)
+        for label, (name, kwargs) in methods.items()
+    ]
+    for name in baselines:
+        build = BASELINES[name]
+        if build is not None:
+            runners.append(build(features))
+    return runners
+
+
+def _run_fold(
+    fold: Fold, runners: list[Runner], sets: dict[str, Any], n_genes: int
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Every runner on one fold: the per-gene table and the timings."""
+    tables, timings = [], []
+    for runner in runners:
+        for pred in runner.fit_predict(fold):
+            result = _arrays_adata(pred.values, fold.truth, fold.libraries)
+            tables.append(_evaluate(result, sets, n_genes, pred.label, fold.index))
+            timings.append(
+                {"method": pred.label, "fold": fold.index, "fit_s": pred.fit_s, "predict_s": pred.predict_s}
+            )
+    fold.reference = None  # frees the bank of the fold
+    return pd.concat(tables, ignore_index=True), timings
+
+
+def _log_fold(table: pd.DataFrame, fold: Fold, n_folds: int) -> None:
+    means = table.groupby(["method", "gene_set", "library_id"], sort=False)["pearson_r"].mean()
+    means = means.groupby(level=["method", "gene_set"], sort=False).mean().unstack("gene_set")
+    logger.info(
+        f"cross_validate: fold {fold.index + 1}/{n_folds} (held out {fold.held_out}): "
+        f"mean r\n{means.round(4).to_string()}"
+    )
 
 
 def _assemble(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -71,7 +72,7 @@ def model_expression(model: STPredictModel, sd) -> tuple[np.ndarray | None, list
     if missing:
         return None, missing
     counts = sd.counts[:, gene_indices(var, model.genes, "the data")]
-    target_sum = model.normalization.get("target_sum")
+    target_sum = model.normalization.target_sum
     return np.asarray(normalize_matrix(counts, target_sum=target_sum), dtype=np.float32), []
 
 
@@ -270,129 +271,160 @@ def fit(
     >>> len(model.genes) <= 40
     True
     """
-    from stpredict.data import SpotData
-    from stpredict.train import train_module
-
-    from ._recipe import Recipe, build_datasets, retrieval_score
-
-    # ---- 1. settings, validated before anything is read
-    dev = resolve_device(device)
-    cls, config, preset = _network_config(
-        method, preset, dev, image_size, pretrained, weights_path, model_kwargs
-    )
-    weights = config.get("pretrained", False), config.get("weights_path")  # hub backbones resolved
-    check_image_input(freeze_backbone, image_features, *weights, what="fit")
-    config["freeze_backbone"] = bool(freeze_backbone)
-    seed = _optional(check_int, settings.seed if seed is None else seed, "seed", minimum=0)
-    workers = settings.num_workers if num_workers is None else num_workers
-    num_workers = _optional(check_int, workers, "num_workers", minimum=0)
-    if resume and checkpoint_dir is None:
-        raise ValueError("fit: `resume=True` needs `checkpoint_dir` (the folder of the interrupted run).")
-    n_top_genes = _optional(check_int, n_top_genes, "n_top_genes")
-    patch_size_um = _optional(check_number, patch_size_um, "patch_size_um")
-    overrides = {
-        "epochs": _optional(check_int, epochs, "epochs"),
-        "batch_size": _optional(check_int, batch_size, "batch_size"),
-        "lr": _optional(check_number, lr, "lr"),
-        "weight_decay": _optional(check_number, weight_decay, "weight_decay", positive=False),
-        "val_fraction": val_fraction,
-        "stain_jitter": stain_jitter,
-        "translate": translate,
-        "tta": tta,
-        "select_epoch": select_epoch,
-    }
-
-    # ---- 2. spots, genes and normalised expression
-    sd = SpotData.from_object(
-        data, library_key=library_key, table_key=table_key, layer=layer, require_expression=True
-    )
-    expr = _expression(sd, genes, n_top_genes, library_key)
-    features = (
-        None if image_features is None else _read_features(sd, image_features, data, config, patch_size_um)
-    )
-
-    # ---- 3. network and recipe
-    import torch
-
-    torch.manual_seed(seed)
-    module = cls(len(expr.genes), **config)
-    recipe = Recipe.resolve(module.training_defaults, overrides, max_epochs=settings.max_epochs)
-    recipe = recipe.for_input(features=features is not None, frozen=bool(freeze_backbone))
-
-    # ---- 4. image input (patches, cached or precomputed features), split, datasets
-    data_parts = build_datasets(
-        sd,
-        expr.values,
-        module,
-        recipe,
-        patch_size_um=patch_size_um,
-        seed=seed,
-        progress=progress,
-        features=features,
-        device=dev,
-        stream=stream,
-    )
-    if features is not None:
-        module.image_encoder.fit_standardisation(torch.from_numpy(features[data_parts.train_idx]))
-    logger.info(
-        f"fit: training {method} ({preset!r} preset) on {data_parts.n_train} spots, validating on "
-        f"{data_parts.n_val}, {recipe.epochs} epoch(s) of batch {recipe.batch_size} on {dev}"
-        + (f"; checkpoints in {checkpoint_dir}" if checkpoint_dir is not None else "")
-    )
-
-    # ---- 5. train
-    fingerprint = {
-        "method": method,
-        "config": config,
-        "genes": list(expr.genes),
-        "target_sum": expr.target_sum,
-        "patch_size_um": patch_size_um,
-        "image_features": image_features,
-        "image_size": recipe.image_size,
-        "recipe": recipe.fingerprint(),
-        "n_spots": len(sd.obs_names),
-        "obs_names_head": [str(x) for x in sd.obs_names[:5]],
-    }
-    result = train_module(
-        module,
-        data_parts.train,
-        data_parts.val,
-        **recipe.loop_kwargs(),
-        device=dev,
-        seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        resume=bool(resume),
-        fingerprint=fingerprint,
-        num_workers=num_workers,
-        batch_sampler=data_parts.batch_sampler,
-        progress=progress,
-        score=retrieval_score(data_parts, recipe) if recipe.select_epoch == "val_pearson" else None,
-    )
-    _restore_best(module, result, recipe.epochs, checkpoint_dir)
-
-    # ---- 6. the fitted model and its reference bank (every spot, training and validation)
-    model = _fitted_model(
-        method,
-        module,
-        sd,
-        expr,
-        patch_size_um,
-        recipe,
-        result,
-        data_parts,
-        preset=preset,
-        seed=seed,
-        device=dev,
-        checkpoint_dir=checkpoint_dir,
-        library_key=library_key,
-        image_features=image_features,
-    )
+    plan = _plan(
+        method, preset, device, image_size, pretrained, weights_path, model_kwargs,
+        freeze_backbone=freeze_backbone,
+        image_features=image_features, seed=seed, num_workers=num_workers, resume=resume,
+        checkpoint_dir=checkpoint_dir, n_top_genes=n_top_genes, patch_size_um=patch_size_um,
+        library_key=library_key, stream=stream, progress=progress,
+        overrides={
+            "epochs": _optional(check_int, epochs, "epochs"),
+            "batch_size": _optional(check_int, batch_size, "batch_size"),
+            "lr": _optional(check_number, lr, "lr"),
+            "weight_decay": _optional(check_number, weight_decay, "weight_decay", positive=False),
+            "val_fraction": val_fraction, "stain_jitter": stain_jitter, "translate": translate,
+            "tta": tta, "select_epoch": select_epoch,
+        },
+    )  # fmt: skip
+    sd, expr, features = _training_data(plan, data, genes, table_key=table_key, layer=layer)
+    module, recipe = _network_and_recipe(plan, expr, features)
+    parts = _datasets(plan, sd, expr, module, recipe, features)
+    result = _train(plan, module, recipe, parts, sd, expr)
+    model = _fitted_model(plan, module, sd, expr, recipe, result, parts)
     _LAST_MODEL["model"] = model
     logger.info(
         f"fit: done; reference bank of {len(sd.obs_names)} spots, "
         f"best epoch {result.best_epoch} of {result.epochs_run}"
     )
     return model
+
+
+@dataclass
+class _FitPlan:
+    """The validated settings of one :func:`fit` (everything checked before any data is read)."""
+
+    method: str
+    cls: type
+    config: dict[str, Any]
+    preset: str
+    device: str
+    seed: int
+    num_workers: int
+    resume: bool
+    checkpoint_dir: str | os.PathLike | None
+    n_top_genes: int | None
+    patch_size_um: float
+    image_features: str | None
+    freeze_backbone: bool
+    library_key: str
+    stream: bool | None
+    progress: bool
+    overrides: dict[str, Any]
+
+
+def _plan(
+    method, preset, device, image_size, pretrained, weights_path, model_kwargs, **options: Any
+) -> _FitPlan:
+    """Step 1: the network's config and every setting, validated."""
+    dev = resolve_device(device)
+    cls, config, preset = _network_config(
+        method, preset, dev, image_size, pretrained, weights_path, model_kwargs
+    )
+    weights = config.get("pretrained", False), config.get("weights_path")  # hub backbones resolved
+    check_image_input(options["freeze_backbone"], options["image_features"], *weights, what="fit")
+    config["freeze_backbone"] = bool(options["freeze_backbone"])
+    seed = _optional(
+        check_int, settings.seed if options["seed"] is None else options["seed"], "seed", minimum=0
+    )
+    workers = settings.num_workers if options["num_workers"] is None else options["num_workers"]
+    if options["resume"] and options["checkpoint_dir"] is None:
+        raise ValueError("fit: `resume=True` needs `checkpoint_dir` (the folder of the interrupted run).")
+    return _FitPlan(
+        method=method, cls=cls, config=config, preset=preset, device=dev, seed=seed,
+        num_workers=_optional(check_int, workers, "num_workers", minimum=0),
+        resume=bool(options["resume"]), checkpoint_dir=options["checkpoint_dir"],
+        n_top_genes=_optional(check_int, options["n_top_genes"], "n_top_genes"),
+        patch_size_um=_optional(check_number, options["patch_size_um"], "patch_size_um"),
+        image_features=options["image_features"], freeze_backbone=bool(options["freeze_backbone"]),
+        library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
+        overrides=options["overrides"],
+    )  # fmt: skip
+
+
+def _training_data(plan: _FitPlan, data, genes, *, table_key, layer):
+    """Step 2: the spots, the chosen genes' normalised expression, precomputed features if any."""
+    from stpredict.data import SpotData
+
+    sd = SpotData.from_object(
+        data, library_key=plan.library_key, table_key=table_key, layer=layer, require_expression=True
+    )
+    expr = _expression(sd, genes, plan.n_top_genes, plan.library_key)
+    features = (
+        None
+        if plan.image_features is None
+        else _read_features(sd, plan.image_features, data, plan.config, plan.patch_size_um)
+    )
+    return sd, expr, features
+
+
+def _network_and_recipe(plan: _FitPlan, expr: _Expression, features: np.ndarray | None):
+    """Step 3: the untrained module (seeded) and the training recipe of its preset and the overrides."""
+    import torch
+
+    from ._recipe import Recipe
+
+    torch.manual_seed(plan.seed)
+    module = plan.cls(len(expr.genes), **plan.config)
+    recipe = Recipe.resolve(module.training_defaults, plan.overrides, max_epochs=settings.max_epochs)
+    return module, recipe.for_input(features=features is not None, frozen=plan.freeze_backbone)
+
+
+def _datasets(plan: _FitPlan, sd, expr: _Expression, module, recipe, features: np.ndarray | None):
+    """Step 4: the image input (patches, cached or precomputed features), the split, the datasets."""
+    import torch
+
+    from ._recipe import build_datasets
+
+    parts = build_datasets(
+        sd, expr.values, module, recipe, patch_size_um=plan.patch_size_um, seed=plan.seed,
+        progress=plan.progress, features=features, device=plan.device, stream=plan.stream,
+    )  # fmt: skip
+    if features is not None:
+        module.image_encoder.fit_standardisation(torch.from_numpy(features[parts.train_idx]))
+    logger.info(
+        f"fit: training {plan.method} ({plan.preset!r} preset) on {parts.n_train} spots, validating on "
+        f"{parts.n_val}, {recipe.epochs} epoch(s) of batch {recipe.batch_size} on {plan.device}"
+        + (f"; checkpoints in {plan.checkpoint_dir}" if plan.checkpoint_dir is not None else "")
+    )
+    return parts
+
+
+def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
+    """Step 5: the training loop (checkpointed, resumable), then the best epoch's weights."""
+    from stpredict.train import train_module
+
+    from ._recipe import retrieval_score
+
+    fingerprint = {
+        "method": plan.method,
+        "config": plan.config,
+        "genes": list(expr.genes),
+        "target_sum": expr.target_sum,
+        "patch_size_um": plan.patch_size_um,
+        "image_features": plan.image_features,
+        "image_size": recipe.image_size,
+        "recipe": recipe.fingerprint(),
+        "n_spots": len(sd.obs_names),
+        "obs_names_head": [str(x) for x in sd.obs_names[:5]],
+    }
+    result = train_module(
+        module, parts.train, parts.val, **recipe.loop_kwargs(), device=plan.device, seed=plan.seed,
+        checkpoint_dir=plan.checkpoint_dir, resume=plan.resume, fingerprint=fingerprint,
+        num_workers=plan.num_workers, batch_sampler=parts.batch_sampler, progress=plan.progress,
+        score=retrieval_score(parts, recipe) if recipe.select_epoch == "val_pearson" else None,
+    )  # fmt: skip
+    _restore_best(module, result, recipe.epochs, plan.checkpoint_dir)
+    return result
 
 
 def _network_config(method, preset, device, image_size, pretrained, weights_path, model_kwargs):
@@ -513,50 +545,34 @@ def _restore_best(module, result, epochs: int, checkpoint_dir) -> None:
         )
 
 
-def _fitted_model(
-    method,
-    module,
-    sd,
-    expr: _Expression,
-    patch_size_um,
-    recipe,
-    result,
-    parts,
-    *,
-    preset,
-    seed,
-    device,
-    checkpoint_dir,
-    library_key,
-    image_features=None,
-) -> STPredictModel:
-    """The :class:`STPredictModel` with its reference bank of every spot."""
+def _fitted_model(plan: _FitPlan, module, sd, expr: _Expression, recipe, result, parts) -> STPredictModel:
+    """Step 6: the :class:`STPredictModel` with its reference bank of every spot."""
     from stpredict.models import STPredictModel
 
     model = STPredictModel(
-        method,
+        plan.method,
         module,
         genes=expr.genes,
         normalization={"target_sum": expr.target_sum, "log1p": True},
         patch={
-            "patch_size_um": patch_size_um,
+            "patch_size_um": plan.patch_size_um,
             "size": recipe.image_size,
             "tta": recipe.tta,
-            "features": image_features,
+            "features": plan.image_features,
         },
         history=result.history,
         training={
-            "preset": preset,
+            "preset": plan.preset,
             **recipe.fingerprint(),
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "n_train": parts.n_train,
             "n_val": parts.n_val,
-            "seed": seed,
-            "device": device,
-            "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+            "seed": plan.seed,
+            "device": plan.device,
+            "checkpoint_dir": None if plan.checkpoint_dir is None else str(plan.checkpoint_dir),
             "interrupted": bool(result.interrupted),
-            "library_key": library_key,
+            "library_key": plan.library_key,
             "libraries": list(sd.libraries),
         },
     )
@@ -565,14 +581,14 @@ def _fitted_model(
         library_id=np.asarray(sd.library_ids).astype(str),
         obs_names=np.asarray(sd.obs_names).astype(str),
         coords=parts.coords,
-        device=device,
+        device=plan.device,
     )
     inputs = (
         parts.features
-        if image_features is not None
-        else parts.central_patches(recipe.image_size, patch_size_um)
+        if plan.image_features is not None
+        else parts.central_patches(recipe.image_size, plan.patch_size_um)
     )
-    model.retrieval["ood_reference"] = _ood_reference(model, inputs, device)
+    model.retrieval.ood_reference = _ood_reference(model, inputs, plan.device)
     model.module.to("cpu")
     return model
 
@@ -584,8 +600,8 @@ def _ood_reference(model: STPredictModel, inputs: np.ndarray, device: str) -> di
     """
     from stpredict.retrieval import ood_reference, topk_cosine
 
-    keys = model.bank["embeddings"]
-    k = min(int(model.retrieval.get("k", 50)), len(keys) - 1)
+    keys = model.bank.embeddings
+    k = min(model.retrieval.k, len(keys) - 1)
     if k < 1:
         return {"median": 1.0, "scale": 1.0}
     queries = model.embed_inputs(inputs, device=device, progress=False)

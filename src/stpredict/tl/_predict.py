@@ -31,8 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from stpredict.models import STPredictModel
 
-_WEIGHTINGS = WEIGHTINGS
-
 
 def _resolve_model(model: Any) -> STPredictModel:
     from stpredict.models import STPredictModel
@@ -77,11 +75,11 @@ def _model_summary(model: STPredictModel) -> dict[str, Any]:
             "preset": model.config.get("preset"),
             "n_genes": len(model.genes),
             "embedding_dim": int(model.embedding_dim),
-            "bank_size": 0 if model.bank is None else len(model.bank["expression"]),
-            "bank_libraries": [] if model.bank is None else sorted(set(model.bank["library_id"].tolist())),
-            "patch_size_um": float(model.patch["patch_size_um"]),
-            "image_size": int(model.patch["size"]),
-            "target_sum": model.normalization.get("target_sum"),
+            "bank_size": 0 if model.bank is None else len(model.bank.expression),
+            "bank_libraries": [] if model.bank is None else sorted(set(model.bank.library_id.tolist())),
+            "patch_size_um": model.patch.patch_size_um,
+            "image_size": model.patch.size,
+            "target_sum": model.normalization.target_sum,
             "epochs_run": training.get("epochs_run"),
             "best_epoch": training.get("best_epoch"),
             "interrupted": training.get("interrupted"),
@@ -204,8 +202,8 @@ def predict(
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
     check_int(batch_size, what="predict: `batch_size`")
-    if weighting is not None and weighting not in _WEIGHTINGS:
-        raise ValueError(f"predict: `weighting` must be one of {_WEIGHTINGS}, got {weighting!r}.")
+    if weighting is not None and weighting not in WEIGHTINGS:
+        raise ValueError(f"predict: `weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
     dev = resolve_device(device)
     grid = grid_spacing_um is not None
     if grid:
@@ -264,15 +262,15 @@ def predict(
 
 def _image_input(model, sd, data) -> Any:
     """The spots' patches, or their precomputed features for a model fitted with ``image_features``."""
-    key = model.patch.get("features")
+    key = model.patch.features
     if key:
         from stpredict.data._features import spot_features
 
-        return spot_features(sd, key, data, what="predict", patch_size_um=float(model.patch["patch_size_um"]))
+        return spot_features(sd, key, data, what="predict", patch_size_um=model.patch.patch_size_um)
     from stpredict.data import SlidePatches
 
     # read batch by batch while embedding: memory is bounded by the batch, not the slide
-    return SlidePatches(sd, patch_size_um=float(model.patch["patch_size_um"]), size=int(model.patch["size"]))
+    return SlidePatches(sd, patch_size_um=model.patch.patch_size_um, size=model.patch.size)
 
 
 def _retrieve(
@@ -287,11 +285,11 @@ def _retrieve(
     model.module.to("cpu")
     found = retrieve(
         queries,
-        model.bank["embeddings"],
-        model.bank["expression"],
+        model.bank.embeddings,
+        model.bank.expression,
         int(k),
         weighting=weighting,
-        temperature=float(model.retrieval.get("temperature", 1.0)),
+        temperature=1.0 if model.retrieval.temperature is None else model.retrieval.temperature,
         device=device,
         spread=uncertainty,
     )
@@ -304,7 +302,7 @@ def _retrieve(
             else pd.DataFrame(np.asarray(values, np.float32), index=obs_names, columns=genes)
         )
 
-    reference = model.retrieval.get("ood_reference")
+    reference = model.retrieval.ood_reference
     ood = None
     if uncertainty and reference:
         ood = pd.Series(ood_score(found.similarities, reference), index=obs_names)
@@ -338,9 +336,9 @@ def _retrieval_settings(model, k, weighting) -> tuple[int, str]:
     """``k`` and ``weighting`` checked against the model (``None``: the model's own)."""
     if model.bank is None:
         raise ValueError("predict: the model has no reference bank; fit it with `stp.tl.fit`.")
-    n_bank = len(model.bank["expression"])
+    n_bank = len(model.bank.expression)
     if k is None:
-        k = int(model.retrieval.get("k", 50))
+        k = model.retrieval.k
         if k > n_bank:
             logger.warning(
                 f"predict: the model's k={k} exceeds its bank of {n_bank} spots; using k={n_bank}."
@@ -350,4 +348,4 @@ def _retrieval_settings(model, k, weighting) -> tuple[int, str]:
         raise ValueError(f"predict: `k` must be a positive integer, got {k!r}.")
     if k > n_bank:
         raise ValueError(f"predict: k={k} is larger than the model's reference bank ({n_bank} spots).")
-    return int(k), model.retrieval.get("weighting", "mean") if weighting is None else weighting
+    return int(k), model.retrieval.weighting if weighting is None else weighting

@@ -33,7 +33,6 @@ class Recipe:
     scheduler: str | None
     image_size: int
     val_fraction: float
-    augment: bool
     drop_last: bool
     stain_jitter: float
     translate: float
@@ -60,7 +59,6 @@ class Recipe:
             scheduler=merged.get("scheduler", "cosine"),
             image_size=int(merged["image_size"]),
             val_fraction=_fraction(merged.get("val_fraction", 0.2), "val_fraction", upper=1.0),
-            augment=bool(merged.get("augment", True)),
             drop_last=bool(merged.get("drop_last", True)),
             stain_jitter=_fraction(merged.get("stain_jitter", 0.0), "stain_jitter", upper=1.0),
             translate=_fraction(merged.get("translate", 0.0), "translate", upper=1.0),
@@ -270,7 +268,7 @@ def build_datasets(
             patches.subset(idx) if isinstance(patches, SlidePatches) else patches[idx],
             expression[idx],
             coords=coords[idx],
-            augment=train and recipe.augment,
+            augment=train,
             stain_jitter=recipe.stain_jitter if train else 0.0,
             crop=crop,
         )

@@ -1,0 +1,194 @@
+"""What :func:`stpredict.tl.cross_validate` runs on a fold: methods and baselines, one protocol.
+
+A runner's ``fit_predict(fold)`` trains on ``fold.train`` and returns predictions of the held-out
+spots (rows of ``fold.truth``). Methods run first: the first one sets the fold's reference bank,
+genes and truth, which the baselines then share, so every row of the result compares the same
+spots, genes and ``k``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from stpredict._logging import logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
+    from stpredict.models import STPredictModel
+
+__all__ = ["BASELINES", "Fold", "MethodRunner", "Prediction", "Runner"]
+
+_KEY = "stpredict_cv"
+
+
+@dataclass
+class Fold:
+    """One fold: its slides, and (after the first method ran) the truth and reference bank."""
+
+    index: int
+    held_out: list[str]
+    train: AnnData
+    test: AnnData
+    k: int
+    seed: int
+    library_key: str
+    spot_kwargs: dict[str, Any] = field(default_factory=dict)
+    truth: pd.DataFrame | None = None
+    libraries: pd.Series | None = None
+    reference: STPredictModel | None = None
+
+    def k_for(self, bank_size: int) -> int:
+        """``k``, lowered (with a warning) when the bank has fewer spots."""
+        if bank_size < self.k:
+            logger.warning(
+                f"cross_validate: fold {self.index}: only {bank_size} reference spots; k={self.k} lowered."
+            )
+        return min(self.k, bank_size)
+
+    def grid_coords(self) -> np.ndarray:
+        """Grid coordinates of the held-out spots, in the order of ``truth``."""
+        from stpredict.data import SpotData
+
+        sd = SpotData.from_object(self.test, library_key=self.library_key, **self.spot_kwargs)
+        coords = pd.DataFrame(sd.grid_coords, index=sd.obs_names.astype(str))
+        return coords.reindex(self.truth.index.astype(str)).to_numpy()
+
+
+@dataclass
+class Prediction:
+    """A runner's predictions of the held-out spots (rows of ``fold.truth``) and its timings."""
+
+    label: str
+    values: np.ndarray
+    fit_s: float = 0.0
+    predict_s: float = 0.0
+
+
+class Runner(Protocol):
+    """Anything :func:`~stpredict.tl.cross_validate` can run on a fold."""
+
+    label: str
+
+    def fit_predict(self, fold: Fold) -> list[Prediction]:
+        """Train on ``fold.train``; predict the held-out spots."""
+        ...
+
+
+@dataclass
+class MethodRunner:
+    """A method of :data:`stpredict.models.METHODS`: ``tl.fit`` then ``tl.predict(copy=True)``.
+
+    With ``oracle``, also the retrieval with the embeddings of the true held-out expression
+    (the ceiling of retrieval from that bank with that ``k``), labelled ``"oracle (<label>)"``.
+    """
+
+    label: str
+    method: str
+    fit_kwargs: dict[str, Any]
+    weighting: str | None = None
+    oracle: bool = False
+    keep: Callable[[str, int, STPredictModel], None] | None = None
+
+    def fit_predict(self, fold: Fold) -> list[Prediction]:
+        from ._fit import fit
+
+        t0 = time.perf_counter()
+        model = fit(fold.train, method=self.method, seed=fold.seed, progress=False, **self.fit_kwargs)
+        fit_s = time.perf_counter() - t0
+        k = fold.k_for(len(model.bank["expression"]))
+        t0 = time.perf_counter()
+        pred = self._predict(fold, model, k)
+        out = [Prediction(self.label, pred, fit_s, time.perf_counter() - t0)]
+        if self.oracle:
+            out.append(self._oracle(fold, model, k))
+        if fold.reference is None:
+            fold.reference = model
+        if self.keep is not None:
+            self.keep(self.label, fold.index, model)
+        return out
+
+    def _predict(self, fold: Fold, model: STPredictModel, k: int) -> np.ndarray:
+        from stpredict.get import prediction as get_prediction
+
+        from ._predict import predict
+
+        passed = {key: self.fit_kwargs[key] for key in ("device", "table_key") if key in self.fit_kwargs}
+        result = predict(
+            fold.test, model, k=k, weighting=self.weighting, copy=True, key_added=_KEY, progress=False,
+            library_key=fold.library_key, **passed,
+        )  # fmt: skip
+        pred, truth = get_prediction(result, _KEY)
+        if truth is None:
+            raise ValueError(
+                f"cross_validate: the held-out slides {fold.held_out} have no counts for the genes."
+            )
+        if fold.library_key not in result.obs:
+            raise KeyError(f"cross_validate: predict(copy=True) dropped obs[{fold.library_key!r}].")
+        if fold.truth is None:
+            fold.truth, fold.libraries = truth, result.obs[fold.library_key].astype(str)
+        return pred.reindex(index=fold.truth.index, columns=fold.truth.columns).to_numpy()
+
+    def _oracle(self, fold: Fold, model: STPredictModel, k: int) -> Prediction:
+        from stpredict.baselines import oracle_retrieval
+
+        t0 = time.perf_counter()
+        weighting = self.weighting or model.retrieval["weighting"]
+        values = oracle_retrieval(
+            model, fold.truth.to_numpy(np.float32), k=k, weighting=weighting, coords=fold.grid_coords()
+        )
+        return Prediction(f"oracle ({self.label})", values, 0.0, time.perf_counter() - t0)
+
+
+@dataclass
+class RandomRunner:
+    """The mean of ``k`` random bank spots: the floor (r ≈ 0)."""
+
+    label: str = "random"
+
+    def fit_predict(self, fold: Fold) -> list[Prediction]:
+        from stpredict.baselines import random_retrieval
+
+        t0 = time.perf_counter()
+        bank = fold.reference.bank["expression"]
+        values = random_retrieval(bank, len(fold.truth), k=fold.k_for(len(bank)), seed=fold.seed + fold.index)
+        return [Prediction(self.label, values, 0.0, time.perf_counter() - t0)]
+
+
+@dataclass
+class FeatureRunner:
+    """An estimator on image features (``image_knn``, ``image_ridge``) fitted on the bank's spots."""
+
+    label: str
+    features: Any  # a _FeatureCache: the features of each spot, computed once per slide
+
+    def fit_predict(self, fold: Fold) -> list[Prediction]:
+        from stpredict.baselines import ImageFeatureKNN, ImageFeatureRidge
+
+        t0 = time.perf_counter()
+        reference = fold.reference
+        patch_um = float(reference.patch["patch_size_um"])
+        bank = reference.bank["expression"]
+        train = self.features.get(np.asarray(reference.bank["obs_names"]).astype(str), patch_um)
+        test = self.features.get(fold.truth.index, patch_um)
+        estimator = (
+            ImageFeatureKNN(k=fold.k_for(len(bank))) if self.label == "image_knn" else ImageFeatureRidge()
+        )
+        values = estimator.fit(train, bank).predict(test)
+        return [Prediction(self.label, values, 0.0, time.perf_counter() - t0)]
+
+
+# Baseline name → how to build its runner from the cross-validation's shared image features.
+# "oracle" is not here: it runs with each method (it needs that method's embeddings).
+BASELINES: dict[str, Callable[[Any], Runner] | None] = {
+    "random": lambda features: RandomRunner(),
+    "oracle": None,
+    "image_knn": lambda features: FeatureRunner("image_knn", features),
+    "image_ridge": lambda features: FeatureRunner("image_ridge", features),
+}
