@@ -314,3 +314,14 @@ def test_image_ridge_auto_alpha():
     )
     with pytest.raises(ValueError, match="alpha"):
         ImageFeatureRidge(alpha="best")
+
+
+def test_image_knn_euclidean_neighbours_are_the_brute_force_ones():
+    rng = np.random.default_rng(4)
+    train, test = rng.normal(size=(60, 9)), rng.normal(size=(11, 9))
+    knn = ImageFeatureKNN(k=6, metric="euclidean", clip=None).fit(train, rng.random((60, 3)))
+    idx, dist = knn.kneighbors(test)
+    q, keys = knn.transform(test), knn.bank_features_
+    full = np.linalg.norm(q[:, None, :] - keys[None], axis=2)
+    np.testing.assert_array_equal(idx, np.argsort(full, axis=1, kind="stable")[:, :6])
+    np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :6], rtol=1e-4, atol=1e-4)

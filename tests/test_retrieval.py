@@ -243,3 +243,16 @@ def test_unknown_backend_is_named(rng):
     keys = rng.normal(size=(5, 3))
     with pytest.raises(ValueError, match="backend must be one of"):
         topk_cosine(keys, keys, 2, backend="annoy")
+
+
+@pytest.mark.parametrize("key_chunk_size", [7, 1000])
+def test_topk_inner_product_matches_brute_force(rng, key_chunk_size):
+    from stpredict.retrieval import topk_inner_product
+
+    q = rng.normal(size=(13, 6)).astype(np.float32)
+    r = rng.normal(size=(40, 6)).astype(np.float32) * rng.uniform(0.1, 3.0, size=(40, 1)).astype(np.float32)
+    idx, prod = topk_inner_product(q, r, 5, chunk_size=4, key_chunk_size=key_chunk_size)
+    full = q @ r.T
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(idx, expected)  # un-normalised: long keys win, unlike cosine
+    np.testing.assert_allclose(prod, np.take_along_axis(full, expected, axis=1), rtol=1e-5, atol=1e-5)

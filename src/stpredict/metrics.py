@@ -144,10 +144,8 @@ def pearson_per_spot(truth: Any, pred: Any, *, nan_to: float | None = 0.0) -> np
 
     Parameters
     ----------
-    truth
-        True expression, ``(n_spots, n_genes)``.
-    pred
-        Predicted expression, same shape.
+    truth, pred
+        As in :func:`pearson_per_gene`.
     nan_to
         Value for spots whose r is undefined (constant across genes); ``None`` keeps NaN.
 
@@ -172,10 +170,8 @@ def mse_per_gene(truth: Any, pred: Any) -> np.ndarray:
 
     Parameters
     ----------
-    truth
-        True expression, ``(n_spots, n_genes)``.
-    pred
-        Predicted expression, same shape.
+    truth, pred
+        True and predicted expression, ``(n_spots, n_genes)`` each.
 
     Returns
     -------
@@ -193,26 +189,7 @@ def mse_per_gene(truth: Any, pred: Any) -> np.ndarray:
 
 
 def mae_per_gene(truth: Any, pred: Any) -> np.ndarray:
-    """Mean absolute error of each gene over spots.
-
-    Parameters
-    ----------
-    truth
-        True expression, ``(n_spots, n_genes)``.
-    pred
-        Predicted expression, same shape.
-
-    Returns
-    -------
-    ``(n_genes,)`` float64 array.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from stpredict.metrics import mae_per_gene
-    >>> mae_per_gene(np.array([[0.0], [2.0]]), np.array([[1.0], [0.0]])).tolist()
-    [1.5]
-    """
+    """Mean absolute error of each gene over spots, ``(n_genes,)`` float64 (as :func:`mse_per_gene`)."""
     t, p = _pair(truth, pred)
     return np.abs(t - p).mean(axis=0)
 
@@ -257,16 +234,7 @@ def heg_genes(truth_df: pd.DataFrame, n: int = 50) -> list[str]:
 def hvg_genes(truth_df: pd.DataFrame, n: int = 50) -> list[str]:
     """Highly variable genes: the top ``n`` by variance (``ddof=0``) over the spots given.
 
-    Parameters
-    ----------
-    truth_df
-        True (normalised) expression, spots x genes, gene names as columns.
-    n
-        Number of genes; all genes when there are fewer.
-
-    Returns
-    -------
-    Gene names, highest variance first; ties broken by name.
+    Parameters and ties as in :func:`heg_genes`; the genes come highest variance first.
 
     Examples
     --------

@@ -9,7 +9,7 @@ the number of queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "resolve_device",
     "retrieve",
     "topk_cosine",
+    "topk_inner_product",
 ]
 
 Backend = Literal["torch", "faiss"]
@@ -150,6 +151,34 @@ def topk_cosine(
     >>> idx[:, 0]
     array([0, 1, 2])
     """
+    return _topk(queries, keys, k, True, chunk_size, key_chunk_size, device, backend)
+
+
+def topk_inner_product(
+    queries: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Tensor, k: int, **options: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk_cosine` without the normalisation: the ``k`` largest inner products ``q·x``.
+
+    Same blocks, memory bound and ``options`` (``chunk_size``, ``key_chunk_size``, ``device``,
+    ``backend``; FAISS: ``IndexFlatIP`` of the keys as given).
+
+    Returns
+    -------
+    indices
+        ``int64 (q, k)``, rows of ``keys``, largest product first.
+    products
+        ``float32 (q, k)``, the inner products, descending along each row.
+    """
+    defaults = {"chunk_size": 2048, "key_chunk_size": _KEY_CHUNK, "device": None, "backend": "torch"}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"topk_inner_product: unexpected keyword argument(s) {unknown}.")
+    opts = {**defaults, **options}
+    return _topk(queries, keys, k, False, *opts.values())
+
+
+def _topk(queries, keys, k, normalise: bool, chunk_size, key_chunk_size, device, backend):
+    """The blocked top-k search of :func:`topk_cosine` (``normalise``) and :func:`topk_inner_product`."""
     q = check_tensor_matrix(queries, what="queries")
     r = check_tensor_matrix(keys, what="keys")
     if q.shape[1] != r.shape[1]:
@@ -164,36 +193,42 @@ def topk_cosine(
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
     if backend == "faiss":
-        return _topk_faiss(q, r, k, chunk_size)
+        return _topk_faiss(q, r, k, chunk_size, normalise)
     dev = _default_device(device, queries, keys)
 
     n_q = q.shape[0]
     indices = np.empty((n_q, k), dtype=np.int64)
     sims = np.empty((n_q, k), dtype=np.float32)
     with torch.no_grad():
-        keys_n = torch.nn.functional.normalize(r.to(dev), dim=1)
+        keys_n = _unit(r.to(dev), normalise)
         for start in range(0, n_q, chunk_size):
-            qc = torch.nn.functional.normalize(q[start : start + chunk_size].to(dev), dim=1)
+            qc = _unit(q[start : start + chunk_size].to(dev), normalise)
             s, i = _topk_normalised(qc, keys_n, k, key_chunk)
             sims[start : start + len(qc)] = s.cpu().numpy()
             indices[start : start + len(qc)] = i.cpu().numpy()
     return indices, sims
 
 
-def _topk_faiss(q: torch.Tensor, r: torch.Tensor, k: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`topk_cosine` with FAISS: an exact inner-product index of the normalised keys."""
+def _unit(x: torch.Tensor, normalise: bool) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=1) if normalise else x
+
+
+def _topk_faiss(
+    q: torch.Tensor, r: torch.Tensor, k: int, chunk_size: int, normalise: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k search with FAISS: an exact inner-product index of the (normalised) keys."""
     try:
         import faiss
     except ImportError as err:
         raise ImportError("backend='faiss' needs FAISS: `pip install faiss-cpu`.") from err
-    keys = np.ascontiguousarray(torch.nn.functional.normalize(r.cpu(), dim=1).numpy(), dtype=np.float32)
+    keys = np.ascontiguousarray(_unit(r.cpu(), normalise).numpy(), dtype=np.float32)
     index = faiss.IndexFlatIP(keys.shape[1])
     index.add(keys)
     n_q = q.shape[0]
     indices = np.empty((n_q, k), dtype=np.int64)
     sims = np.empty((n_q, k), dtype=np.float32)
     for start in range(0, n_q, chunk_size):
-        qc = torch.nn.functional.normalize(q[start : start + chunk_size].cpu(), dim=1).numpy()
+        qc = _unit(q[start : start + chunk_size].cpu(), normalise).numpy()
         s, i = index.search(np.ascontiguousarray(qc, dtype=np.float32), k)
         sims[start : start + len(qc)], indices[start : start + len(qc)] = s, i
     return indices, sims

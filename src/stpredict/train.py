@@ -23,9 +23,18 @@ from ._device import resolve_device
 from ._logging import logger
 from ._progress import format_seconds
 from ._progress import progress as progress_bar
+from ._torchfile import load_weights_only
 from ._validation import check_callbacks, check_int, check_not_empty
 
-__all__ = ["Checkpoint", "TrainConfig", "TrainResult", "load_checkpoint", "make_loader", "train_module"]
+__all__ = [
+    "Checkpoint",
+    "LoopSettings",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "make_loader",
+    "train_module",
+]
 
 CHECKPOINT_NAME = "last.pt"
 _OPTIMIZERS = ("adamw", "adam")
@@ -99,19 +108,20 @@ def _checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Validated optimisation settings of one :func:`train_module` run (stored in checkpoints)."""
+class LoopSettings:
+    """The optimisation settings of the training loop, validated.
 
-    epochs: int
-    batch_size: int
+    A preset's :class:`stpredict.models.TrainingSpec` extends them with the recipe's settings.
+    """
+
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 1e-4
     weight_decay: float = 1e-3
     lr_min: float = 1e-5
     scheduler: Literal["cosine"] | None = "cosine"
-    seed: int = 0
+    epochs: int = 60
+    batch_size: int = 64
     drop_last: bool = True
-    num_workers: int = 0
 
     def __post_init__(self) -> None:
         check_int(self.epochs, what="train_module: `epochs`")
@@ -127,6 +137,17 @@ class TrainConfig:
             raise ValueError(f"lr_min must be in [0, lr={lr}], got {lr_min!r}.")
         if not (isinstance(decay, int | float) and decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {decay!r}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopSettings):
+    """The settings of one :func:`train_module` run: the loop's, its seed and data workers."""
+
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         workers = self.num_workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"num_workers must be a non-negative integer, got {workers!r}.")
@@ -223,14 +244,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"No checkpoint at {file}; train with checkpoint_dir={str(file.parent)!r} first, "
             "or pass resume=False."
         )
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{file} could not be read as a stpredict checkpoint with weights_only=True "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). It was not written by "
-            "stpredict or is damaged; delete it, or start without resume=True."
-        ) from err
+    ckpt = load_weights_only(
+        file,
+        what=str(file),
+        hint="It is not a stpredict checkpoint or is damaged; delete it, or start without resume=True.",
+    )
     if not isinstance(ckpt, dict) or ckpt.get("format") != _CKPT_FORMAT:
         raise ValueError(f"{file} is not a stpredict training checkpoint (format {_CKPT_FORMAT}).")
     return ckpt
@@ -451,8 +469,9 @@ def train_module(
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
     config = TrainConfig(
-        epochs, batch_size, optimizer, lr, weight_decay, lr_min, scheduler, seed, drop_last, num_workers
-    )
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_min=lr_min, scheduler=scheduler,
+        epochs=epochs, batch_size=batch_size, drop_last=drop_last, seed=seed, num_workers=num_workers,
+    )  # fmt: skip
     check_not_empty(train_dataset, what="train_dataset", hint="need at least one training item")
     if val_dataset is not None:
         check_not_empty(

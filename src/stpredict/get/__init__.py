@@ -171,10 +171,8 @@ def spread(data: Any, key: str = DEFAULT_KEY, *, like: pd.DataFrame | None = Non
 
     Parameters
     ----------
-    data
-        AnnData (or SpatialData) with predictions.
-    key
-        Key the predictions were written under.
+    data, key
+        As in :func:`prediction`.
     like
         The prediction already read with :func:`prediction` (saves reading it again).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ class RetrievalModule(nn.Module):
 
     name: ClassVar[str] = ""
     presets: ClassVar[dict[str, Preset]] = {}
+    tower_backbone: ClassVar[str] = ""  # default backbone of the image tower
     spot_context: str = "none"
     eval_set_size: int | None = None
 
@@ -57,6 +58,35 @@ class RetrievalModule(nn.Module):
         self.config = copy.deepcopy(config)
 
     @classmethod
+    def hyperparameters(cls) -> dict[str, Any]:
+        """Every hyper-parameter with its default: the image tower's, then the class's own keywords."""
+        own = {
+            name: p.default
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        return {**TOWER_DEFAULTS, "backbone": cls.tower_backbone, **own}
+
+    @classmethod
+    def tower_config(cls, tower: dict[str, Any]) -> dict[str, Any]:
+        """The JSON-able image-tower config from ``**tower`` keywords (defaults filled, types fixed)."""
+        unknown = sorted(set(tower) - set(TOWER_DEFAULTS) - {"backbone"})
+        if unknown:
+            raise TypeError(f"{cls.__name__}() got unexpected keyword argument(s) {unknown}.")
+        cfg = {**TOWER_DEFAULTS, "backbone": cls.tower_backbone, **tower}
+        return {
+            **cfg,
+            "backbone_kwargs": _plain_kwargs(cfg["backbone_kwargs"]),
+            "image_size": int(cfg["image_size"]),
+            "pretrained": bool(cfg["pretrained"]),
+            "weights_path": None if cfg["weights_path"] is None else str(cfg["weights_path"]),
+            "dim": int(cfg["dim"]),
+            "dropout": float(cfg["dropout"]),
+            "temperature": float(cfg["temperature"]),
+            "freeze_backbone": bool(cfg["freeze_backbone"]),
+        }
+
+    @classmethod
     def default_config(cls, preset: str = "paper") -> dict[str, Any]:
         """Hyper-parameters of a preset (JSON-able), to pass as ``cls(n_genes, **config)``.
 
@@ -70,12 +100,7 @@ class RetrievalModule(nn.Module):
             raise ValueError(
                 f"{cls.__name__}.default_config: preset={preset!r}; expected one of {sorted(cls.presets)}."
             )
-        params = inspect.signature(cls.__init__).parameters
-        config = {
-            name: copy.deepcopy(p.default)
-            for name, p in params.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-        }
+        config = copy.deepcopy(cls.hyperparameters())
         config.update(copy.deepcopy(dict(cls.presets[preset].network)))
         config["preset"] = preset
         return config
@@ -116,37 +141,48 @@ class RetrievalModule(nn.Module):
         return f"n_genes={self.n_genes}, preset={self.config.get('preset')!r}"
 
 
-def _jsonable_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+# The image tower's hyper-parameters, shared by every two-tower method (its default backbone is
+# the class's `tower_backbone`); a method's own hyper-parameters are the keywords of its __init__.
+TOWER_DEFAULTS: dict[str, Any] = {
+    "preset": "paper",
+    "backbone_kwargs": None,
+    "image_size": 224,
+    "pretrained": False,
+    "weights_path": None,
+    "dim": 256,
+    "dropout": 0.1,
+    "temperature": 1.0,
+    "freeze_backbone": False,
+}
+
+
+_M = TypeVar("_M", bound=type)
+
+_TOWER_DOC = """n_genes
+        Length of the expression vectors.
+    **tower
+        The image tower's hyper-parameters, shared by every method (all keyword-only; see
+        :meth:`~stpredict.models.RetrievalModule.hyperparameters`): ``preset`` (the preset these
+        values came from; selects the training defaults), ``backbone`` (a timm model name, default
+        ``"{backbone}"``; ViT tokens are mean-pooled; ``"features"`` for precomputed embeddings, see
+        :func:`~stpredict.models.build_image_encoder`), ``backbone_kwargs`` (extra arguments of
+        :func:`timm.create_model`), ``image_size`` (input pixels), ``pretrained`` (timm's weights,
+        network), ``weights_path`` (local ``.safetensors``/``.pth`` backbone weights),
+        ``freeze_backbone`` (keep the backbone fixed, train only the heads), ``dim`` (embedding
+        width), ``dropout`` (of the projection heads) and ``temperature`` (τ of the contrastive
+        loss). Defaults: ``TOWER_DEFAULTS``."""
+
+
+def doc_tower(cls: _M) -> _M:
+    """Fill the ``{tower}`` placeholder of a method's docstring with the shared tower parameters."""
+    tower = _TOWER_DOC.replace("{backbone}", cls.tower_backbone)  # type: ignore[attr-defined]
+    cls.__doc__ = (cls.__doc__ or "").replace("{tower}", tower)
+    return cls
+
+
+def _plain_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """Copy backbone kwargs with tuples as lists, so the config survives a JSON round trip."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in (kwargs or {}).items()}
-
-
-def _tower_config(
-    *,
-    preset: str,
-    backbone: str,
-    backbone_kwargs: dict[str, Any] | None,
-    image_size: int,
-    pretrained: bool,
-    weights_path: str | None,
-    dim: int,
-    dropout: float,
-    temperature: float,
-    freeze_backbone: bool = False,
-) -> dict[str, Any]:
-    """The JSON config entries every two-tower module shares (image tower, projection, loss)."""
-    return {
-        "freeze_backbone": bool(freeze_backbone),
-        "preset": preset,
-        "backbone": backbone,
-        "backbone_kwargs": _jsonable_kwargs(backbone_kwargs),
-        "image_size": int(image_size),
-        "pretrained": bool(pretrained),
-        "weights_path": None if weights_path is None else str(weights_path),
-        "dim": int(dim),
-        "dropout": float(dropout),
-        "temperature": float(temperature),
-    }
 
 
 def _pool_tokens(features: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from stpredict._logging import logger
+from stpredict._torchfile import load_weights_only
 
 __all__ = [
     "FEATURES",
@@ -109,13 +110,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:
             raise ValueError(f"weights_path={str(path)!r}: not a readable safetensors file ({err}).") from err
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"weights_path={str(path)!r}: could not read it as a plain torch state dict with "
-            f"weights_only=True ({err}). Convert it to .safetensors."
-        ) from err
+    state = load_weights_only(
+        path, what=f"weights_path={str(path)!r}", hint="Is it a plain state dict? Convert it to .safetensors."
+    )
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

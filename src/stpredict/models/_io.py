@@ -7,7 +7,6 @@ what goes into it (it imports this module, never the other way round).
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import struct
@@ -139,11 +138,6 @@ def _plain_value(value: Any) -> bool:
     return False
 
 
-def _init_keywords(cls: type) -> set[str]:
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name for p in params if p.name not in ("self", "n_genes") and p.kind != p.VAR_KEYWORD}
-
-
 def check_config(config: Any, cls: type, where: str) -> dict[str, Any]:
     """A saved model's network config, refusing anything but ``cls``'s hyper-parameters.
 
@@ -154,7 +148,7 @@ def check_config(config: Any, cls: type, where: str) -> dict[str, Any]:
     what = _LOAD
     if not isinstance(config, dict):
         raise ValueError(f"{what}: 'config' in {where!r} is a {type(config).__name__}; expected an object.")
-    unknown = sorted(set(config) - _init_keywords(cls))
+    unknown = sorted(set(config) - set(cls.hyperparameters()))  # type: ignore[attr-defined]
     if unknown:
         raise ValueError(
             f"{what}: {where!r} config key {unknown[0]!r} is refused: "

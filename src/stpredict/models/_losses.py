@@ -29,14 +29,10 @@ def soft_clip_loss(
 
     Parameters
     ----------
-    expr_emb
-        Expression embeddings ``[B, D]``.
-    img_emb
-        Image embeddings ``[B, D]``.
-    temperature
-        τ.
-    reduction
-        ``"none"``: one loss per sample ``[B]``; ``"mean"``: a scalar.
+    expr_emb, img_emb
+        Expression and image embeddings ``[B, D]``.
+    temperature, reduction
+        τ; ``"none"`` (one loss per sample ``[B]``) or ``"mean"`` (a scalar).
 
     Returns
     -------

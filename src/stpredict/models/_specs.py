@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from stpredict._constants import IMAGENET_MEAN, IMAGENET_STD, Weighting
+from stpredict.train import LoopSettings
 
 __all__ = ["Normalization", "PatchSpec", "Preset", "ReferenceBank", "RetrievalSpec", "TrainingSpec"]
 
@@ -61,17 +62,13 @@ class _Fields(Mapping[str, Any]):
 
 
 @dataclass(frozen=True, eq=False)
-class TrainingSpec(_Fields):
-    """A preset's training defaults (overridden by :func:`stpredict.tl.fit` keywords)."""
+class TrainingSpec(_Fields, LoopSettings):
+    """A preset's training defaults, overridden by :func:`stpredict.tl.fit` keywords.
 
-    optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    lr_min: float = 1e-5
-    scheduler: Literal["cosine"] | None = "cosine"
-    epochs: int = 60
-    batch_size: int = 64
-    drop_last: bool = True
+    The loop's settings (:class:`stpredict.train.LoopSettings`) and the recipe's augmentation and
+    epoch selection.
+    """
+
     stain_jitter: float = 0.0
     translate: float = 0.0
     tta: bool = False

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._base import ProjectedExpressionModule, _tower_config
+from ._base import ProjectedExpressionModule, doc_tower
 from ._losses import soft_clip_loss
 from ._presets import CPU_IMAGE_TOWER, PROJECTION_TRAINING, method_presets
 from ._specs import Preset, RetrievalSpec
@@ -14,6 +14,7 @@ from ._specs import Preset, RetrievalSpec
 __all__ = ["BLEEP"]
 
 
+@doc_tower
 class BLEEP(ProjectedExpressionModule):
     """BLEEP: timm image encoder → projection head; expression → projection head.
 
@@ -29,29 +30,7 @@ class BLEEP(ProjectedExpressionModule):
 
     Parameters
     ----------
-    n_genes
-        Length of the expression vectors.
-    preset
-        Name of the preset these values came from (selects the training defaults).
-    backbone
-        timm model name (ViT backbones are mean-pooled over all tokens), or ``"features"`` for
-        precomputed embeddings (see :func:`~stpredict.models.build_image_encoder`).
-    backbone_kwargs
-        Extra arguments for :func:`timm.create_model`.
-    image_size
-        Input size in pixels.
-    pretrained
-        Load timm's pretrained weights (network).
-    weights_path
-        Local ``.safetensors``/``.pth`` weights for the backbone.
-    freeze_backbone
-        Keep the backbone's weights fixed and train only the heads.
-    dim
-        Embedding width.
-    dropout
-        Dropout of the projection heads.
-    temperature
-        τ of the loss.
+    {tower}
 
     Examples
     --------
@@ -63,6 +42,7 @@ class BLEEP(ProjectedExpressionModule):
     ['contrastive', 'loss']
     """
 
+    tower_backbone: ClassVar[str] = "resnet50"
     name: ClassVar[str] = "bleep"
     presets: ClassVar[dict[str, Preset]] = method_presets(
         {
@@ -80,36 +60,8 @@ class BLEEP(ProjectedExpressionModule):
         RetrievalSpec(k=50, weighting="mean"),
     )
 
-    def __init__(
-        self,
-        n_genes: int,
-        *,
-        preset: str = "paper",
-        backbone: str = "resnet50",
-        backbone_kwargs: dict[str, Any] | None = None,
-        image_size: int = 224,
-        pretrained: bool = False,
-        weights_path: str | None = None,
-        dim: int = 256,
-        dropout: float = 0.1,
-        temperature: float = 1.0,
-        freeze_backbone: bool = False,
-    ) -> None:
-        config = {
-            **_tower_config(
-                preset=preset,
-                backbone=backbone,
-                backbone_kwargs=backbone_kwargs,
-                image_size=image_size,
-                pretrained=pretrained,
-                weights_path=weights_path,
-                dim=dim,
-                dropout=dropout,
-                temperature=temperature,
-                freeze_backbone=freeze_backbone,
-            ),
-        }
-        self._init_two_tower(n_genes, config)
+    def __init__(self, n_genes: int, **tower: Any) -> None:
+        self._init_two_tower(n_genes, self.tower_config(tower))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Soft-target contrastive loss of a batch (``"loss"`` = ``"contrastive"``, its mean)."""

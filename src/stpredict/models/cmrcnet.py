@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import ProjectedExpressionModule, _pool_tokens, _tower_config
+from ._base import ProjectedExpressionModule, _pool_tokens, doc_tower
 from ._layers import CrossAttention, FusionBlock, SNNGeneTokens, feature_mask
 from ._losses import cmrcnet_total_loss, reconstruction_loss, soft_clip_loss
 from ._presets import CPU_IMAGE_TOWER, PROJECTION_TRAINING, method_presets
@@ -16,6 +16,7 @@ from ._specs import Preset, RetrievalSpec
 __all__ = ["CMRCNet"]
 
 
+@doc_tower
 class CMRCNet(ProjectedExpressionModule):
     """CMRCNet: contrastive image–expression retrieval with cross-modal masked reconstruction.
 
@@ -36,20 +37,7 @@ class CMRCNet(ProjectedExpressionModule):
 
     Parameters
     ----------
-    n_genes
-        Length of the expression vectors.
-    preset
-        Name of the preset these values came from (selects the training defaults).
-    backbone, backbone_kwargs, image_size, pretrained, weights_path, freeze_backbone
-        The timm image encoder (see :func:`~stpredict.models.build_image_encoder`;
-        ``backbone="features"`` for precomputed embeddings). ``freeze_backbone``: keep the
-        encoder's weights fixed and train only the heads.
-    dim
-        Embedding and token width.
-    dropout
-        Dropout of the projection heads.
-    temperature
-        τ of the contrastive loss.
+    {tower}
     reconstruction
         ``"mse"`` (authors' default), ``"cosine"``, or ``None`` for the contrastive loss alone
         (then the loss is BLEEP's: the mean soft-target loss, no log).
@@ -78,14 +66,19 @@ class CMRCNet(ProjectedExpressionModule):
 
     Examples
     --------
+    The network and its contrastive-only ablation (the paper's comparison):
+
     >>> import torch
     >>> from stpredict.models import CMRCNet
-    >>> module = CMRCNet(20, **CMRCNet.default_config("tiny"))
     >>> batch = {"image": torch.randn(4, 3, 32, 32), "expression": torch.rand(4, 20)}
-    >>> sorted(module(batch))
+    >>> config = CMRCNet.default_config("tiny")
+    >>> sorted(CMRCNet(20, **config)(batch))
     ['contrastive', 'loss', 'reconstruction']
+    >>> sorted(CMRCNet(20, **{**config, "reconstruction": None})(batch))
+    ['contrastive', 'loss']
     """
 
+    tower_backbone: ClassVar[str] = "vit_base_patch32_224"
     name: ClassVar[str] = "cmrcnet"
     presets: ClassVar[dict[str, Preset]] = method_presets(
         {
@@ -109,16 +102,6 @@ class CMRCNet(ProjectedExpressionModule):
         self,
         n_genes: int,
         *,
-        preset: str = "paper",
-        backbone: str = "vit_base_patch32_224",
-        backbone_kwargs: dict[str, Any] | None = None,
-        image_size: int = 224,
-        pretrained: bool = False,
-        weights_path: str | None = None,
-        dim: int = 256,
-        dropout: float = 0.1,
-        temperature: float = 1.0,
-        freeze_backbone: bool = False,
         reconstruction: Literal["mse", "cosine"] | None = "mse",
         mask_ratio: float = 0.5,
         mask_in_eval: bool = True,
@@ -131,6 +114,7 @@ class CMRCNet(ProjectedExpressionModule):
         share_fusion: bool = True,
         fusion_dropout: float = 0.1,
         cross_dropout: float = 0.25,
+        **tower: Any,
     ) -> None:
         if reconstruction not in ("mse", "cosine", None):
             raise ValueError(f"CMRCNet: reconstruction={reconstruction!r}; expected 'mse', 'cosine' or None.")
@@ -139,18 +123,7 @@ class CMRCNet(ProjectedExpressionModule):
         if fusion_depth < 0:
             raise ValueError(f"CMRCNet: fusion_depth={fusion_depth!r}; expected >= 0.")
         config = {
-            **_tower_config(
-                preset=preset,
-                backbone=backbone,
-                backbone_kwargs=backbone_kwargs,
-                image_size=image_size,
-                pretrained=pretrained,
-                weights_path=weights_path,
-                dim=dim,
-                dropout=dropout,
-                temperature=temperature,
-                freeze_backbone=freeze_backbone,
-            ),
+            **self.tower_config(tower),
             "reconstruction": reconstruction,
             "mask_ratio": float(mask_ratio),
             "mask_in_eval": bool(mask_in_eval),
@@ -167,6 +140,7 @@ class CMRCNet(ProjectedExpressionModule):
         self._init_two_tower(n_genes, config)
         if reconstruction is None:
             return
+        dim = config["dim"]
         self.token_projection = nn.Linear(self.image_encoder.out_dim, dim)
         self.gene_tokenizer = SNNGeneTokens(self.n_genes, gene_tokens, dim, snn_activation, snn_dropout)
         self.cross_attention = CrossAttention(dim, cross_heads)

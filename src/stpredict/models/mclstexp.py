@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._base import ContrastiveModule, _tower_config
+from ._base import ContrastiveModule, doc_tower
 from ._layers import ProjectionHead, SpotTransformerBlock
 from ._losses import info_nce_loss
 from ._presets import CPU_IMAGE_TOWER, method_presets
@@ -19,6 +19,7 @@ __all__ = ["MclSTExp"]
 _TRAINING = TrainingSpec(optimizer="adam", scheduler=None, epochs=90, batch_size=128)
 
 
+@doc_tower
 class MclSTExp(ContrastiveModule):
     """mclSTExp: DenseNet image encoder; spot encoder = expression + position over a set of spots.
 
@@ -38,20 +39,7 @@ class MclSTExp(ContrastiveModule):
 
     Parameters
     ----------
-    n_genes
-        Length of the expression vectors.
-    preset
-        Name of the preset these values came from (selects the training defaults).
-    backbone, backbone_kwargs, image_size, pretrained, weights_path, freeze_backbone
-        The timm image encoder (see :func:`~stpredict.models.build_image_encoder`;
-        ``backbone="features"`` for precomputed embeddings). ``freeze_backbone``: keep the
-        encoder's weights fixed and train only the heads.
-    dim
-        Embedding width.
-    dropout
-        Dropout of the projection heads.
-    temperature
-        τ of the loss.
+    {tower}
     depth
         Number of Transformer blocks of the spot encoder.
     heads, head_dim
@@ -74,6 +62,7 @@ class MclSTExp(ContrastiveModule):
     torch.Size([4, 32])
     """
 
+    tower_backbone: ClassVar[str] = "densenet121"
     name: ClassVar[str] = "mclstexp"
     presets: ClassVar[dict[str, Preset]] = method_presets(
         {
@@ -103,22 +92,13 @@ class MclSTExp(ContrastiveModule):
         self,
         n_genes: int,
         *,
-        preset: str = "paper",
-        backbone: str = "densenet121",
-        backbone_kwargs: dict[str, Any] | None = None,
-        image_size: int = 224,
-        pretrained: bool = False,
-        weights_path: str | None = None,
-        dim: int = 256,
-        dropout: float = 0.1,
-        temperature: float = 1.0,
-        freeze_backbone: bool = False,
         depth: int = 2,
         heads: int = 8,
         head_dim: int = 64,
         max_coord: int = 128,
         spot_context: Literal["batch", "slide"] = "batch",
         eval_set_size: int = 32,
+        **tower: Any,
     ) -> None:
         if spot_context not in ("batch", "slide"):
             raise ValueError(f"MclSTExp: spot_context={spot_context!r}; expected 'batch' or 'slide'.")
@@ -127,18 +107,7 @@ class MclSTExp(ContrastiveModule):
                 f"MclSTExp: max_coord={max_coord} and eval_set_size={eval_set_size} must be >= 1."
             )
         config = {
-            **_tower_config(
-                preset=preset,
-                backbone=backbone,
-                backbone_kwargs=backbone_kwargs,
-                image_size=image_size,
-                pretrained=pretrained,
-                weights_path=weights_path,
-                dim=dim,
-                dropout=dropout,
-                temperature=temperature,
-                freeze_backbone=freeze_backbone,
-            ),
+            **self.tower_config(tower),
             "depth": int(depth),
             "heads": int(heads),
             "head_dim": int(head_dim),
@@ -156,7 +125,7 @@ class MclSTExp(ContrastiveModule):
         self.spot_blocks = nn.ModuleList(
             SpotTransformerBlock(g, heads, head_dim, mlp_dim=g) for _ in range(depth)
         )
-        self.expression_projection = ProjectionHead(g, dim, dropout)
+        self.expression_projection = ProjectionHead(g, config["dim"], config["dropout"])
 
     def encode_expression(self, expression: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
         """Embed a SET of spots: all rows of ``expression`` attend to each other.

@@ -11,7 +11,7 @@ import pandas as pd
 
 from stpredict._logging import logger
 
-from ._utils import finish, make_axes
+from ._utils import doc_figure, finish, make_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -31,6 +31,7 @@ def _levels(values: pd.Series, order: Sequence[str] | None, name: str) -> list[s
     return order
 
 
+@doc_figure
 def pcc_boxplot(
     results: pd.DataFrame,
     *,
@@ -72,14 +73,7 @@ def pcc_boxplot(
         Width and height of one panel (inches).
     ax
         Axes to draw into, one per gene set.
-    show
-        Show the figure; ``None``: only in an interactive session.
-    save
-        Path to write the figure to.
-
-    Returns
-    -------
-    The figure (the given axes when ``ax`` is passed); ``None`` when shown.
+    {show_save_returns}
 
     Examples
     --------

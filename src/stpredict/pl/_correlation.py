@@ -14,7 +14,7 @@ from stpredict.get import prediction as get_prediction
 from stpredict.get import results_table
 from stpredict.metrics import hvg_genes
 
-from ._utils import finish, make_axes, select_library
+from ._utils import doc_figure, finish, make_axes, select_library
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -49,6 +49,7 @@ def _cluster_order(c: np.ndarray, method: str) -> np.ndarray:
     return leaves_list(linkage(squareform(dist, checks=False), method=method))
 
 
+@doc_figure
 def gene_correlation(
     adata: AnnData,
     genes: Sequence[str] | None = None,
@@ -93,14 +94,7 @@ def gene_correlation(
         Width and height of one panel (inches).
     ax
         Axes to draw into: two (observed, predicted), one without truth.
-    show
-        Show the figure; ``None``: only in an interactive session.
-    save
-        Path to write the figure to.
-
-    Returns
-    -------
-    The figure (the given axes when ``ax`` is passed); ``None`` when shown.
+    {show_save_returns}
 
     Examples
     --------

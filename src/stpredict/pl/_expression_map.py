@@ -13,7 +13,7 @@ from stpredict.get import prediction as get_prediction
 from stpredict.get import results_table
 from stpredict.metrics import pearson_per_gene
 
-from ._utils import finish, make_axes, select_library
+from ._utils import doc_figure, finish, make_axes, select_library
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -160,6 +160,7 @@ def draw_values(ax, values: np.ndarray, layout: SlideLayout, norm, cmap):
     return _draw(ax, values, layout.xy, layout.diameter, norm, cmap, layout.image, layout.bounds)
 
 
+@doc_figure
 def expression_map(
     adata: AnnData,
     genes: str | Sequence[str],
@@ -216,14 +217,7 @@ def expression_map(
         Width and height of one panel (inches).
     ax
         Axes to draw into: one per panel (2 per gene with truth, 1 without), in gene order.
-    show
-        Show the figure; ``None``: only in an interactive session.
-    save
-        Path to write the figure to (format from the suffix).
-
-    Returns
-    -------
-    The figure (the given axes when ``ax`` is passed); ``None`` when shown.
+    {show_save_returns}
 
     Examples
     --------

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ._utils import finish, make_axes
+from ._utils import doc_figure, finish, make_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -52,6 +52,7 @@ def _parts(columns: Sequence[str]) -> list[str]:
     return sorted(parts, key=lambda p: p != "loss")
 
 
+@doc_figure
 def training_history(
     model_or_history: Any,
     *,
@@ -86,14 +87,7 @@ def training_history(
         Width and height of one panel (inches).
     ax
         Axes to draw into, one per metric.
-    show
-        Show the figure; ``None``: only in an interactive session.
-    save
-        Path to write the figure to.
-
-    Returns
-    -------
-    The figure (the given axes when ``ax`` is passed); ``None`` when shown.
+    {show_save_returns}
 
     Examples
     --------

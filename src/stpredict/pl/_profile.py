@@ -13,7 +13,7 @@ from stpredict.get import prediction as get_prediction
 from stpredict.get import results_table
 from stpredict.metrics import pearson_per_gene
 
-from ._utils import finish, make_axes, select_library
+from ._utils import doc_figure, finish, make_axes, select_library
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _WHAT = "expression_profile"
 
 
+@doc_figure
 def expression_profile(
     adata: AnnData,
     *,
@@ -56,20 +57,15 @@ def expression_profile(
         Width and height of one panel (inches).
     ax
         Two axes to draw into (mean, variance).
-    show
-        Show the figure; ``None``: only in an interactive session.
-    save
-        Path to write the figure to.
-
-    Returns
-    -------
-    The figure (the given axes when ``ax`` is passed); ``None`` when shown.
+    {show_save_returns}
 
     Examples
     --------
+    A ``copy=True`` result of :func:`stpredict.tl.predict` works as well as the annotated input:
+
     >>> import stpredict as stp
-    >>> stp.tl.predict(adata, model=model)  # doctest: +SKIP
-    >>> fig = stp.pl.expression_profile(adata, show=False)  # doctest: +SKIP
+    >>> result = stp.tl.predict(test, model, copy=True)  # doctest: +SKIP
+    >>> fig = stp.pl.expression_profile(result, show=False)  # doctest: +SKIP
     """
     pred, truth = get_prediction(adata, key)
     if truth is None:

@@ -13,7 +13,7 @@ from stpredict._validation import check_genes
 from stpredict.get import ood, prediction, results_table, spread
 
 from ._expression_map import draw_values, slide_layout
-from ._utils import finish, make_axes
+from ._utils import doc_figure, finish, make_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -30,6 +30,7 @@ def _norm(values: np.ndarray):
     return Normalize(vmin=finite.min() if finite.size else 0.0, vmax=finite.max() if finite.size else 1.0)
 
 
+@doc_figure
 def uncertainty_map(
     adata: AnnData,
     genes: str | Sequence[str],
@@ -68,12 +69,12 @@ def uncertainty_map(
     cmap, spread_cmap, ood_cmap
         Colour maps of the prediction, the spread and the OOD score.
 
-    Returns
-    -------
-    The figure (the given axes when ``ax`` is passed); ``None`` when shown.
+    {returns_figure}
 
     Examples
     --------
+    Train on one synthetic slide, predict the other, and see where the prediction is unsure:
+
     >>> import stpredict as stp
     >>> adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=8, n_genes=20)
     >>> train = adata[adata.obs["library_id"] == "slide0"].copy()

@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from stpredict._logging import logger
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+
+_FIGURE_DOCS = {  # replaced in this order
+    "{show_save_returns}": "{show_save}\n\n    {returns_figure}",
+    "{show_save}": (
+        "show\n        Show the figure; ``None``: only in an interactive session.\n"
+        "    save\n        Path to write the figure to (format from the suffix; missing folders are created)."
+    ),
+    "{returns_figure}": (
+        "Returns\n    -------\n    The figure (the given axes when ``ax`` is passed); ``None`` when shown."
+    ),
+}
+
+
+def doc_figure(func: F) -> F:
+    """Fill a plot function's docstring placeholders ``{show_save}`` and ``{returns_figure}``."""
+    doc = func.__doc__ or ""
+    for placeholder, text in _FIGURE_DOCS.items():
+        doc = doc.replace(placeholder, text)
+    func.__doc__ = doc
+    return func
 
 
 def make_axes(

@@ -110,19 +110,6 @@ def _paper_hours(n_spots: int, epochs: int = 60) -> float:
     return n_spots * epochs / _PAPER_CPU_IMAGES_PER_S / 3600
 
 
-def _hyperparameters(cls) -> set[str]:
-    """Keyword arguments of a module class (its hyper-parameters)."""
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {
-        p.name
-        for p in params
-        if p.kind == p.KEYWORD_ONLY
-        or (p.kind == p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "n_genes"))
-    }
-
-
 def fit(
     data: AnnData | SpatialData,
     *,
@@ -436,7 +423,7 @@ def _network_config(method, preset, device, image_size, pretrained, weights_path
     cls = METHODS[method]
     preset = resolve_preset(preset, device)
     config = cls.default_config(preset)  # raises on an unknown preset
-    allowed = _hyperparameters(cls) | set(config)
+    allowed = set(cls.hyperparameters()) | set(config)
     unknown = sorted(set(model_kwargs) - allowed)
     if unknown:
         raise TypeError(
