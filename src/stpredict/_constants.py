@@ -6,6 +6,13 @@ from typing import Literal, get_args
 
 __all__ = [
     "DEFAULT_KEY",
+    "DEFAULT_SPOT_DIAMETER_UM",
+    "GENE_SETS",
+    "Baseline",
+    "GeneSet",
+    "Method",
+    "PresetName",
+    "SelectEpoch",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TRUTH_LAYER",
@@ -20,9 +27,22 @@ DEFAULT_KEY = "stpredict"  # default `key_added` of predict / evaluate
 WRITTEN_BY = "stpredict"  # uns[key]["written_by"] of every result the package writes
 TRUTH_LAYER = "truth"  # layers[TRUTH_LAYER] of a copy=True result: the measured expression
 
+DEFAULT_SPOT_DIAMETER_UM = 55.0  # a Visium spot: the pixel size when only spot_diameter_fullres is known
+
 # RGB statistics the image encoders normalise with (timm's ImageNet defaults)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Names of the registries, as types (tests check they match stpredict.models.METHODS / PRESETS and
+# stpredict.tl._runners.BASELINES)
+Method = Literal["cmrcnet", "bleep", "mclstexp"]
+PresetName = Literal["auto", "paper", "paper-vitb", "cpu", "tiny"]
+Baseline = Literal["random", "oracle", "image_knn", "image_ridge"]
+SelectEpoch = Literal["val_loss", "val_pearson"]
+
+# Gene sets stp.tl.evaluate chooses per slide: highly expressed, highly variable, all genes
+GeneSet = Literal["heg", "hvg", "all"]
+GENE_SETS: tuple[str, ...] = get_args(GeneSet)
 
 Weighting = Literal["mean", "inverse_distance2", "softmax"]
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)

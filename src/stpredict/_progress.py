@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ._logging import logger
@@ -38,7 +38,7 @@ class PlainProgress:
         self, iterable: Iterable | None, total: int | None, desc: str, unit: str, step: float = 0.25
     ) -> None:
         self.iterable = iterable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
         self.desc, self.unit, self.step = desc, unit, step
         self.n = 0
         self._next = 0.0
@@ -81,7 +81,7 @@ class PlainProgress:
         """Nothing to release."""
 
     def __iter__(self) -> Iterator:
-        for item in self.iterable:
+        for item in self.iterable or ():
             yield item
             self.update()
 

@@ -8,13 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stpredict._constants import GENE_SETS, WEIGHTINGS
 from stpredict._logging import logger
 from stpredict._validation import check_output_folder
 
-_DATASETS = ("synthetic", "her2st", "mouse_olfactory_bulb")
-_METHODS = ("cmrcnet", "bleep", "mclstexp")
-_PRESETS = ("auto", "paper", "cpu", "tiny")
-_SETS = ("heg", "hvg", "all")
 _BASELINE_KEY = "random_baseline"
 
 
@@ -69,13 +66,9 @@ def write(data: Any, path: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------- demo
 def _load_dataset(name: str, seed: int, progress: bool):
-    import stpredict as stp
+    from stpredict.datasets import DEMO_DATASETS
 
-    if name == "synthetic":
-        return stp.datasets.synthetic(seed=seed)
-    if name == "her2st":
-        return stp.datasets.her2st(progress=progress)
-    return stp.datasets.mouse_olfactory_bulb(progress=progress)
+    return DEMO_DATASETS[name](seed, progress)
 
 
 def _add_random_baseline(test, model, k: int, seed: int, key: str = "stpredict") -> None:
@@ -142,7 +135,7 @@ def _demo_figures(test, model, res, out: Path) -> dict[str, Path]:
 def _print_scores(ours: dict, floor: dict, *, method: str, held_out: str, k: int, n_genes: int, n_model: int):
     print(f"\nPer-gene Pearson r on held-out slide {held_out} (mean over genes; k={k}):")
     print(f"  {'gene set':<12}{method:>12}{'random':>12}")
-    for name in _SETS:
+    for name in GENE_SETS:
         label = f"top-{n_genes} {name.upper()}" if name != "all" else f"all {n_model}"
         print(f"  {label:<12}{ours.get(name, float('nan')):>12.3f}{floor.get(name, float('nan')):>12.3f}")
 
@@ -165,9 +158,9 @@ def demo(args: argparse.Namespace) -> int:
     model = stp.tl.fit(train, **_fit_options(args), progress=progress)
     k = model.retrieval.k if args.k is None else args.k
     stp.tl.predict(test, model, k=k, device=args.device, progress=progress)
-    res = stp.tl.evaluate(test, genes=_SETS)
+    res = stp.tl.evaluate(test, genes=GENE_SETS)
     _add_random_baseline(test, model, k, args.seed)
-    base = stp.tl.evaluate(test, key=_BASELINE_KEY, genes=_SETS)
+    base = stp.tl.evaluate(test, key=_BASELINE_KEY, genes=GENE_SETS)
 
     out.mkdir(parents=True, exist_ok=True)
     written = {
@@ -293,6 +286,10 @@ def evaluate(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 def _parser() -> argparse.ArgumentParser:
     import stpredict
+    from stpredict.datasets import DEMO_DATASETS
+    from stpredict.models import METHODS, PRESETS
+
+    presets = ["auto", *dict.fromkeys(p for names in PRESETS.values() for p in names)]
 
     parser = argparse.ArgumentParser(
         prog="stpredict",
@@ -310,10 +307,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
 
     def model_options(p: argparse.ArgumentParser, *, preset: str) -> None:
-        p.add_argument("--method", choices=_METHODS, default="cmrcnet", help="default: %(default)s")
+        p.add_argument("--method", choices=list(METHODS), default="cmrcnet", help="default: %(default)s")
         p.add_argument(
             "--preset",
-            choices=_PRESETS,
+            choices=presets,
             default=preset,
             help="default: %(default)s ('auto': paper on a GPU, else cpu)",
         )
@@ -337,7 +334,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Fit on every slide but the last, predict the last from its H&E image, compare "
         "with random retrieval, and write prediction.h5ad, model/ and expression_map.png.",
     )
-    p.add_argument("--dataset", choices=_DATASETS, default="synthetic", help="default: %(default)s (offline)")
+    p.add_argument(
+        "--dataset", choices=list(DEMO_DATASETS), default="synthetic", help="default: %(default)s (offline)"
+    )
     p.add_argument("--out", default="stpredict-demo", help="output folder (default: %(default)s)")
     model_options(p, preset="auto")
     p.add_argument("--k", type=int, default=None, help="spots retrieved per query (default: the model's)")
@@ -373,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder written by `stpredict fit`")
     p.add_argument("--out", required=True, help="output .h5ad or .zarr")
     p.add_argument("--k", type=int, default=None, help="default: the model's")
-    p.add_argument("--weighting", choices=("mean", "inverse_distance2", "softmax"), default=None)
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=None)
     p.add_argument("--key-added", default="stpredict", help="default: %(default)s")
     p.add_argument("--overwrite", action="store_true", help="replace results under --key-added")
     p.add_argument("--grid-spacing-um", type=float, default=None, help="predict on a pseudo-spot grid")
@@ -385,7 +384,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="per-gene Pearson r of predictions against measured expression")
     p.add_argument("pred", help=".h5ad or .zarr with predictions")
     p.add_argument("--key", default="stpredict", help="default: %(default)s")
-    p.add_argument("--genes", nargs="+", choices=_SETS, default=list(_SETS), help="gene sets")
+    p.add_argument("--genes", nargs="+", choices=GENE_SETS, default=list(GENE_SETS), help="gene sets")
     p.add_argument("--n-genes", type=int, default=50, help="size of the HEG/HVG sets (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the per-gene table to this CSV")
     common(p, device=False)
@@ -407,8 +406,8 @@ def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
 
     dests = {
         action.dest
-        for sub in parser._subparsers._group_actions
-        for p in sub.choices.values()
+        for sub in parser._subparsers._group_actions  # type: ignore[union-attr]
+        for p in sub.choices.values()  # type: ignore[union-attr]
         for action in p._actions
         if action.option_strings
     }

@@ -79,20 +79,23 @@ def _topk_normalised(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``q @ keys_n.T`` for one chunk of (normalised) queries, merging key chunks."""
     n_keys = keys_n.shape[0]
-    best_s = best_i = None
+    best_s: torch.Tensor | None = None
+    best_i: torch.Tensor | None = None
     for start in range(0, n_keys, key_chunk):
         block = keys_n[start : start + key_chunk]
         sims = q @ block.T
         kk = min(k, block.shape[0])
         s, i = torch.topk(sims, kk, dim=1, largest=True, sorted=True)
         i = i + start
-        if best_s is None:
+        if best_s is None or best_i is None:
             best_s, best_i = s, i
         else:
             cat_s = torch.cat([best_s, s], dim=1)
             cat_i = torch.cat([best_i, i], dim=1)
             best_s, pos = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1, largest=True, sorted=True)
             best_i = torch.gather(cat_i, 1, pos)
+    assert best_s is not None  # n_keys >= 1 (checked by the callers)
+    assert best_i is not None
     return best_s, best_i
 
 
@@ -297,8 +300,12 @@ def _neighbour_weights(
     if weighting == "mean":
         return None
     if weighting == "inverse_distance2":
+        if distances is None:
+            raise ValueError("weighting='inverse_distance2' needs the neighbours' distances.")
         w = 1.0 / (distances.double() ** 2 + eps)
         return (w / w.sum(dim=1, keepdim=True)).float()
+    if similarities is None:
+        raise ValueError("weighting='softmax' needs the neighbours' similarities.")
     return torch.softmax(similarities.double() / temperature, dim=1).float()
 
 
@@ -530,7 +537,7 @@ def retrieve(
     dev = _default_device(device, queries)
     indices, sims = topk_cosine(q, r, k, chunk_size=chunk_size, device=dev, backend=backend)
     dists = _neighbour_distances(q, r, indices, dev)
-    kw = {
+    kw: dict[str, Any] = {
         "weighting": weighting,
         "similarities": sims,
         "distances": dists,

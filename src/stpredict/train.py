@@ -328,7 +328,7 @@ def _run_epoch(
                     + (f" with keys {sorted(losses)}" if isinstance(losses, Mapping) else "")
                     + "."
                 )
-            if train:
+            if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 optimizer.step()
@@ -472,7 +472,7 @@ def train_module(
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_min=lr_min, scheduler=scheduler,
         epochs=epochs, batch_size=batch_size, drop_last=drop_last, seed=seed, num_workers=num_workers,
     )  # fmt: skip
-    check_not_empty(train_dataset, what="train_dataset", hint="need at least one training item")
+    n_train = check_not_empty(train_dataset, what="train_dataset", hint="need at least one training item")
     if val_dataset is not None:
         check_not_empty(
             val_dataset, what="val_dataset", hint="pass val_dataset=None to train without validation"
@@ -482,7 +482,7 @@ def train_module(
         module=module,
         config=config,
         device=resolve_device(device),
-        recorded=config.recorded(len(train_dataset), None if val_dataset is None else len(val_dataset)),
+        recorded=config.recorded(n_train, None if val_dataset is None else len(val_dataset)),  # type: ignore[arg-type]
         fingerprint=_jsonable(dict(fingerprint) if fingerprint is not None else {}),
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
     )

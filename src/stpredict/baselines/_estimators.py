@@ -57,6 +57,10 @@ def _features_or_patches(x: Any, name: str) -> np.ndarray:
 class _FeatureModel:
     """Shared fit-input handling of the feature baselines."""
 
+    scaling: str
+    clip: float | None
+    scale_floor: float
+
     def _prepare_fit(self, train_patches: Any, train_expression: Any) -> tuple[np.ndarray, np.ndarray]:
         feats = _features_or_patches(train_patches, "train_patches")
         expr = check_matrix(train_expression, what="train_expression")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stpredict._constants import Weighting
 from stpredict._validation import check_k, check_matrix
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,7 +96,7 @@ def oracle_retrieval(
     truth_expression: Any,
     *,
     k: int = 50,
-    weighting: str = "mean",
+    weighting: Weighting = "mean",
     coords: Any = None,
     batch_size: int = 256,
     device: str = "cpu",

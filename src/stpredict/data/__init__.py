@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from stpredict._constants import DEFAULT_SPOT_DIAMETER_UM
+
 from ._patches import SlideImage
-from ._spotdata import DEFAULT_SPOT_DIAMETER_UM, SlidePatches, SpotData
+from ._spotdata import SlidePatches, SpotData
 
 _TORCH_NAMES = (
     "PatchDataset",

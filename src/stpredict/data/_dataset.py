@@ -163,7 +163,7 @@ class PatchDataset(torch.utils.data.Dataset):
         )
 
     def _draws(self, index: int, gen: torch.Generator | None = None) -> tuple[bool, bool, int]:
-        r = torch.randint(0, 16, (1,), generator=gen).item()
+        r = int(torch.randint(0, 16, (1,), generator=gen).item())
         return bool(r & 1), bool(r & 2), int(r >> 2)
 
     def _crop(self, img: np.ndarray, gen: torch.Generator | None) -> np.ndarray:

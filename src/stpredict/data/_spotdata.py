@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from stpredict._constants import DEFAULT_SPOT_DIAMETER_UM
 from stpredict._logging import logger
 from stpredict._validation import (
     check_coordinates,
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
 #: Spot diameter (µm) assumed when nothing else gives the physical scale (10x Visium spots).
-DEFAULT_SPOT_DIAMETER_UM = 55.0
 
 _IMAGE_PREFERENCE = ("hires", "lowres")
 
@@ -116,6 +116,29 @@ def _grid_coords(
             g = np.round((um - um.min(axis=0)) / np.array([sx, sy])).astype(np.int64)
         grid[mask] = g - g.min(axis=0) if len(g) else g
     return grid
+
+
+def pixel_size_um(
+    sf: Mapping[str, Any],
+    *,
+    what: str,
+    override: tuple[float, float] | None = None,
+    spot_diameter_um: float | None = None,
+) -> tuple[float, float] | None:
+    """µm per full-resolution pixel (x, y) of Visium-style scale factors ``sf``.
+
+    ``override`` when given, else the recorded ``microns_per_pixel(_x/_y)``, else the spot
+    diameter (``spot_diameter_um``, default 55 µm) over ``spot_diameter_fullres``; ``None`` when
+    none of them is there. ``what`` names ``sf`` in errors.
+    """
+    if override is not None:
+        return override
+    recorded = _scalefactor_um(sf, what=what)
+    if recorded is not None or sf.get("spot_diameter_fullres") is None:
+        return recorded
+    d = spot_diameter_um or DEFAULT_SPOT_DIAMETER_UM
+    um = d / check_positive(sf["spot_diameter_fullres"], what=f"{what}['spot_diameter_fullres']")
+    return um, um
 
 
 def _scalefactor_um(sf: Mapping[str, Any], *, what: str) -> tuple[float, float] | None:
@@ -372,7 +395,7 @@ class SpotData:
         patch_size_um: float = 112.0,
         size: int = 224,
         progress: bool = True,
-        resample: str = "bilinear",
+        resample: Literal["bilinear", "bicubic"] = "bilinear",
     ) -> np.ndarray:
         """Square image patches of ``patch_size_um`` µm centred on the spots.
 
@@ -506,16 +529,12 @@ def _from_anndata(
             raise KeyError(f"{sf_where} has no 'tissue_{key}_scalef' (image px per full-resolution px).")
         scalef = check_positive(sf[f"tissue_{key}_scalef"], what=f"{sf_where}['tissue_{key}_scalef']")
         diam_px = sf.get("spot_diameter_fullres")
-        um_full = um_override or _scalefactor_um(sf, what=sf_where)
+        um_full = pixel_size_um(sf, what=sf_where, override=um_override, spot_diameter_um=spot_diameter_um)
         if um_full is None:
-            if diam_px is None:
-                raise KeyError(
-                    f"{sf_where} has neither 'microns_per_pixel' nor 'spot_diameter_fullres'; cannot "
-                    "tell the pixel size. Pass `microns_per_pixel=`."
-                )
-            d = spot_diameter_um or DEFAULT_SPOT_DIAMETER_UM
-            um = d / check_positive(diam_px, what=f"{sf_where}['spot_diameter_fullres']")
-            um_full = (um, um)
+            raise KeyError(
+                f"{sf_where} has neither 'microns_per_pixel' nor 'spot_diameter_fullres'; cannot "
+                "tell the pixel size. Pass `microns_per_pixel=`."
+            )
         if diam_px is not None:
             diameters.append(float(diam_px) * float(np.mean(um_full)))
         mask = library_ids == lib
@@ -769,7 +788,8 @@ class _SdataContext:
             return pix, SlideImage(array, self.um_override, name=f"{img_name}"), None
         um_shape = self._shape_um(radius, polygons, region, lib)
         step = np.linalg.inv(to_px[:2, :2])  # a one-pixel step of the image along x / y, in shape units
-        um_img = tuple(float(np.hypot(um_shape[0] * step[0, a], um_shape[1] * step[1, a])) for a in (0, 1))
+        um_x, um_y = (float(np.hypot(um_shape[0] * step[0, a], um_shape[1] * step[1, a])) for a in (0, 1))
+        um_img = (um_x, um_y)
         diameter = 2 * float(np.median(radius)) * float(np.mean(um_shape))
         return pix, SlideImage(array, um_img, name=f"{img_name}"), diameter
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -77,9 +77,9 @@ def _load(
     name: str,
     sections: list[str],
     files_of: Callable[[str], dict[str, RemoteFile]],
-    platform: str,
+    platform: Literal["1k", "2k"],
     progress: bool,
-    patient_of: Callable[[str], str],
+    patient_of: Callable[[str], str | None],
 ) -> AnnData:
     import pandas as pd
 

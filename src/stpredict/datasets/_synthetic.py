@@ -232,13 +232,13 @@ def synthetic(
         )
     if not isinstance(n_genes, int | np.integer) or n_genes < n_programs + 2:
         raise ValueError(f"synthetic: `n_genes` must be an integer >= n_programs + 2, got {n_genes!r}.")
-    for name, value in (
+    for name, number in (
         ("microns_per_pixel", microns_per_pixel),
         ("spot_spacing_um", spot_spacing_um),
         ("spot_diameter_um", spot_diameter_um),
     ):
-        if not (isinstance(value, int | float | np.number) and np.isfinite(value) and value > 0):
-            raise ValueError(f"synthetic: `{name}` must be a positive number, got {value!r}.")
+        if not (isinstance(number, int | float | np.number) and np.isfinite(number) and number > 0):
+            raise ValueError(f"synthetic: `{name}` must be a positive number, got {number!r}.")
     spacing_px = spot_spacing_um / microns_per_pixel
     if spacing_px < 4:
         raise ValueError(
@@ -252,8 +252,8 @@ def synthetic(
     rng = np.random.default_rng(seed)
     var, loadings, baseline = _gene_design(rng, n_genes, n_programs)
     grid = np.arange(n_spots_per_side)
-    rows, cols = np.meshgrid(grid, grid, indexing="ij")
-    rows, cols = rows.ravel(), cols.ravel()
+    row_grid, col_grid = np.meshgrid(grid, grid, indexing="ij")
+    rows, cols = row_grid.ravel(), col_grid.ravel()
     sx = spacing_px * (cols + 1.0)
     sy = spacing_px * (rows + 1.0)
     pix = np.arange(size, dtype=np.float64)

@@ -46,8 +46,8 @@ def read_rgb(
     from PIL import Image
 
     path = Path(path)
-    with _large_images(), Image.open(path) as img:
-        img = img.convert("RGB") if img.mode != "RGB" else img
+    with _large_images(), Image.open(path) as opened:
+        img = opened.convert("RGB") if opened.mode != "RGB" else opened
         img.load()
         full = np.asarray(img, dtype=np.uint8)
         if lowres_max_size is None:

@@ -44,7 +44,7 @@ class ImageEncoder(nn.Module):
         Whether the backbone is a Vision Transformer.
     """
 
-    def __init__(self, model: nn.Module, is_vit: bool) -> None:
+    def __init__(self, model: Any, is_vit: bool) -> None:  # a timm model (num_features, forward_features)
         super().__init__()
         self.model = model
         self.is_vit = is_vit
@@ -72,6 +72,9 @@ class FeatureEncoder(nn.Module):
     """
 
     is_vit = False
+
+    mean: torch.Tensor  # buffers: saved with the weights
+    std: torch.Tensor
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
@@ -273,6 +276,7 @@ def build_image_encoder(
             + "."
         )
     kwargs = {"pretrained": pretrained, "num_classes": 0, **timm_kwargs}
+    model: Any  # a timm model
     try:
         model = timm.create_model(backbone, img_size=image_size, **kwargs)
     except TypeError as err:  # CNNs do not take img_size

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ class STPredictModel:
         normalization: dict[str, Any] | None = None,
         patch: dict[str, Any] | None = None,
         retrieval: dict[str, Any] | None = None,
-        bank: dict[str, np.ndarray] | None = None,
+        bank: Mapping[str, Any] | None = None,
         history: list[dict[str, Any]] | None = None,
         training: dict[str, Any] | None = None,
     ) -> None:
@@ -314,8 +315,8 @@ class STPredictModel:
         expression: np.ndarray,
         embeddings: np.ndarray | None = None,
         *,
-        library_id: Sequence[str],
-        obs_names: Sequence[str],
+        library_id: Sequence[str] | np.ndarray,
+        obs_names: Sequence[str] | np.ndarray,
         coords: np.ndarray | None = None,
         batch_size: int = 1024,
         device: str | torch.device = "cpu",
@@ -417,7 +418,7 @@ class STPredictModel:
         return {k: self.bank[k] for k in ("expression", "embeddings", "coords") if k in self.bank}
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> STPredictModel:
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> STPredictModel:
         """Read a model written by :meth:`save` (no pickled code is executed).
 
         Parameters
@@ -449,13 +450,16 @@ class STPredictModel:
         logger.info(f"loaded {meta['method']} model from {path}")
         return model
 
+    def _image_width(self) -> int:
+        return int(getattr(self.module.image_encoder, "out_dim", 0))
+
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.module.parameters())
         lines = [
             f"STPredictModel(method={self.method!r}, preset={self.config.get('preset')!r})",
             f"    genes: {len(self.genes)}, embedding dim: {self.embedding_dim}, parameters: {n_params:,}",
             (
-                f"    image input: features {self.patch.features!r} ({self.module.image_encoder.out_dim})"
+                f"    image input: features {self.patch.features!r} ({self._image_width()})"
                 if self.patch.features
                 else f"    patches: {self.patch.patch_size_um:g} µm → {self.patch.size} px"
                 + (" (frozen backbone)" if self.config.get("freeze_backbone") else "")

@@ -8,6 +8,7 @@ what goes into it (it imports this module, never the other way round).
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections.abc import Iterable
@@ -205,7 +206,7 @@ def _check_safetensors(file: Path) -> None:
 
 
 def read_model_folder(
-    path: str | Path, *, methods: Iterable[str]
+    path: str | os.PathLike, *, methods: Iterable[str]
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """``config.json``, the weights and the bank arrays of a folder written by :func:`write_model_folder`.
 

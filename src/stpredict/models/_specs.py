@@ -143,8 +143,8 @@ class ReferenceBank(_Fields):
         expression: Any,
         embeddings: Any,
         *,
-        library_id: Sequence[str],
-        obs_names: Sequence[str],
+        library_id: Sequence[str] | np.ndarray,
+        obs_names: Sequence[str] | np.ndarray,
         coords: Any = None,
     ) -> ReferenceBank:
         """A bank with arrays of the stored dtypes (``float32``, ``str``, ``int64``)."""

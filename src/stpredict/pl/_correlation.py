@@ -143,7 +143,8 @@ def gene_correlation(
         with np.errstate(invalid="ignore"):
             agreement = np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else np.nan
         axes[-1].set_title(f"predicted (r = {agreement:.2f} with observed)")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="Pearson r")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="Pearson r")
     if not given and library_id is not None:
         fig.suptitle(str(library_id))
     return finish(fig, axes, ax_given=given, show=show, save=save, what=_WHAT)

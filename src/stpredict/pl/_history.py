@@ -134,7 +134,10 @@ def training_history(
                 best_epoch = epochs[int(np.nanargmin(values))]
 
     fig, axes, given = make_axes(ax, len(series), ncols=ncols, panel_size=panel_size, what=_WHAT)
-    styles = {"train": {"color": "C0", "ls": "-"}, "val": {"color": "C1", "ls": "--"}}
+    styles: dict[str, dict[str, Any]] = {
+        "train": {"color": "C0", "ls": "-"},
+        "val": {"color": "C1", "ls": "--"},
+    }
     for axis, (name, cols) in zip(axes, series):
         for col in cols:
             values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -68,11 +68,11 @@ def make_axes(
         axes = list(grid.ravel())
         for extra in axes[n:]:
             extra.set_visible(False)
-        return fig, axes[:n], False
+        return cast("Figure", fig), cast("list[Axes]", axes[:n]), False
     given = list(np.ravel(np.asarray(ax, dtype=object))) if not hasattr(ax, "figure") else [ax]
     if len(given) != n or not all(hasattr(a, "figure") for a in given):
         raise ValueError(f"{what}: `ax` must be {n} matplotlib Axes for this figure, got {len(given)}.")
-    return given[0].figure, given, True
+    return cast("Figure", given[0].figure), cast("list[Axes]", given), True
 
 
 def finish(

@@ -41,8 +41,8 @@ def _hex_grid(xy: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray, n
     dy = spacing * np.sqrt(3) / 2
     n_rows = int(np.ceil((hi[1] - lo[1]) / dy)) + 1
     n_cols = int(np.ceil((hi[0] - lo[0]) / spacing)) + 2
-    r, c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
-    r, c = r.ravel(), c.ravel()
+    r_grid, c_grid = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    r, c = r_grid.ravel(), c_grid.ravel()
     x = lo[0] + c * spacing + (r % 2) * spacing / 2
     y = lo[1] + r * dy
     return np.column_stack([x, y]), r, 2 * c + (r % 2)

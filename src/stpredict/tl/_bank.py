@@ -20,7 +20,7 @@ def _reference_expression(model: STPredictModel, sd: Any) -> np.ndarray:
     from ._fit import model_expression
 
     expression, missing = model_expression(model, sd)
-    if missing:
+    if expression is None:
         raise KeyError(
             f"extend_bank: the data lacks {len(missing)} of the model's {len(model.genes)} genes, "
             f"e.g. {missing[:5]}; a reference slide needs every gene the model predicts."

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from stpredict._constants import GENE_SETS
 from stpredict._logging import logger
 from stpredict._validation import check_int, check_not_set, check_obs_column
 
@@ -18,9 +19,11 @@ from ._runners import _KEY, BASELINES, Fold, MethodRunner, Runner
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
+    from stpredict._constants import Baseline, GeneSet, Method, Weighting
+    from stpredict.data import SpotData
     from stpredict.models import STPredictModel
 
-_GENE_SETS = ("heg", "hvg", "all")
+_GENE_SETS = GENE_SETS
 _PER_GENE_COLUMNS = ["method", "fold", "library_id", "gene_set", "gene", "pearson_r", "mse", "mae"]
 
 
@@ -245,7 +248,7 @@ class _FeatureCache:
         self.adata, self.library_key, self.spot_kwargs, self.key = adata, library_key, spot_kwargs, key
         self.features: dict[str, np.ndarray] = {}
         self.patch_size_um: float | None = None
-        self._spots = None
+        self._spots: SpotData | None = None
 
     def get(self, obs_names: Sequence[str], patch_size_um: float) -> np.ndarray:
         from stpredict.data import SpotData
@@ -294,12 +297,12 @@ def cross_validate(
     *,
     groups: str = "library_id",
     n_folds: int | None = None,
-    method: str | Sequence[str] | Mapping[str, Any] = "cmrcnet",
+    method: Method | Sequence[str] | Mapping[str, Any] = "cmrcnet",
     k: int = 50,
-    weighting: str | None = None,
-    baselines: Sequence[str] = ("random", "oracle", "image_knn"),
+    weighting: Weighting | None = None,
+    baselines: Sequence[Baseline] = ("random", "oracle", "image_knn"),
     baseline_features: str = "handmade",
-    gene_sets: Sequence[str] = ("heg", "hvg"),
+    gene_sets: Sequence[GeneSet] = ("heg", "hvg"),
     markers: Sequence[str] | None = None,
     n_genes: int = 50,
     genes: Sequence[str] | None = None,
@@ -403,19 +406,19 @@ def cross_validate(
     check_int(k, what="cross_validate: `k`")
     check_not_set(fit_kwargs, ("genes", "method", "seed", "progress", "copy"), what="cross_validate")
     methods = _parse_methods(method)
-    baselines = _parse_baselines(baselines)
+    baseline_names = _parse_baselines(baselines)
     sets = _gene_sets(data, gene_sets, markers)
     group_values = data.obs[groups].astype(str).to_numpy()
     folds = _make_folds(group_values, n_folds, seed)
     gene_list = _cv_genes(data, genes, sets.get("markers"), n_top_genes, library_key, fit_kwargs.get("layer"))
     logger.info(
         f"cross_validate: {len(folds)} folds over {len(pd.unique(group_values))} groups ({groups!r}), "
-        f"{len(gene_list)} genes, methods {list(methods)}, baselines {list(baselines)}, k={k}."
+        f"{len(gene_list)} genes, methods {list(methods)}, baselines {list(baseline_names)}, k={k}."
     )
     spot_kwargs = {key: fit_kwargs[key] for key in ("table_key",) if key in fit_kwargs}
     models: dict[tuple[str, int], Any] = {}
     runners = _build_runners(
-        methods, baselines, {**fit_kwargs, "genes": gene_list}, weighting,
+        methods, baseline_names, {**fit_kwargs, "genes": gene_list}, weighting,
         _FeatureCache(data, library_key, spot_kwargs, baseline_features),
         keep=(lambda label, fold, model: models.__setitem__((label, fold), model)) if keep_models else None,
     )  # fmt: skip
@@ -442,7 +445,7 @@ def cross_validate(
         "method": {label: {"method": m, "model_kwargs": kw} for label, (m, kw) in methods.items()},
         "k": int(k),
         "weighting": weighting,
-        "baselines": list(baselines),
+        "baselines": list(baseline_names),
         "gene_sets": list(sets),
         "n_genes": int(n_genes),
         "n_top_genes": int(n_top_genes),
@@ -510,7 +513,7 @@ def _build_runners(
     methods: dict[str, tuple[str, dict[str, Any]]],
     baselines: tuple[str, ...],
     fit_kwargs: dict[str, Any],
-    weighting: str | None,
+    weighting: Weighting | None,
     features: _FeatureCache,
     *,
     keep: Any,
@@ -539,7 +542,7 @@ def _run_fold(
             timings.append(
                 {"method": pred.label, "fold": fold.index, "fit_s": pred.fit_s, "predict_s": pred.predict_s}
             )
-    fold.reference = None  # frees the bank of the fold
+    fold.first_model = None  # frees the bank of the fold
     return pd.concat(tables, ignore_index=True), timings
 
 

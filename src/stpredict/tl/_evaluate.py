@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict import metrics
-from stpredict._constants import WRITTEN_BY
+from stpredict._constants import GENE_SETS, WRITTEN_BY
 from stpredict._logging import logger
 from stpredict._validation import check_key
 from stpredict.get import is_stpredict_entry, results_table, spread
@@ -18,7 +18,7 @@ from stpredict.get import prediction as get_prediction
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-_NAMED_SETS = ("heg", "hvg", "all")
+_NAMED_SETS = GENE_SETS
 COLUMNS = [
     "library_id",
     "gene_set",

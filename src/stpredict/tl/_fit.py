@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
     from spatialdata import SpatialData
 
+    from stpredict._constants import Method, PresetName, SelectEpoch
     from stpredict.models import STPredictModel
 
 # The model fitted last in this session; `stp.tl.predict(data)` uses it when no model is given.
@@ -113,8 +114,8 @@ def _paper_hours(n_spots: int, epochs: int = 60) -> float:
 def fit(
     data: AnnData | SpatialData,
     *,
-    method: str = "cmrcnet",
-    preset: str = "auto",
+    method: Method = "cmrcnet",
+    preset: PresetName = "auto",
     genes: Sequence[str] | None = None,
     n_top_genes: int = 1000,
     epochs: int | None = None,
@@ -127,7 +128,7 @@ def fit(
     stain_jitter: float | None = None,
     translate: float | None = None,
     tta: bool | None = None,
-    select_epoch: str | None = None,
+    select_epoch: SelectEpoch | None = None,
     device: str = "auto",
     seed: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -299,7 +300,7 @@ class _FitPlan:
     num_workers: int
     resume: bool
     checkpoint_dir: str | os.PathLike | None
-    n_top_genes: int | None
+    n_top_genes: int
     patch_size_um: float
     image_features: str | None
     freeze_backbone: bool
@@ -330,7 +331,7 @@ def _plan(
         method=method, cls=cls, config=config, preset=preset, device=dev, seed=seed,
         num_workers=_optional(check_int, workers, "num_workers", minimum=0),
         resume=bool(options["resume"]), checkpoint_dir=options["checkpoint_dir"],
-        n_top_genes=_optional(check_int, options["n_top_genes"], "n_top_genes"),
+        n_top_genes=check_int(options["n_top_genes"], what="fit: `n_top_genes`"),
         patch_size_um=_optional(check_number, options["patch_size_um"], "patch_size_um"),
         image_features=options["image_features"], freeze_backbone=bool(options["freeze_backbone"]),
         library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
@@ -587,6 +588,7 @@ def _ood_reference(model: STPredictModel, inputs: np.ndarray, device: str) -> di
     """
     from stpredict.retrieval import ood_reference, topk_cosine
 
+    assert model.bank is not None  # set just before
     keys = model.bank.embeddings
     k = min(model.retrieval.k, len(keys) - 1)
     if k < 1:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from stpredict._constants import DEFAULT_SPOT_DIAMETER_UM
 from stpredict._logging import logger
 from stpredict._validation import is_spatialdata
 
@@ -116,8 +117,8 @@ def _layout(
     # centre the grid on the image
     x0 = (width - (n_cols - 1) * step[0]) / 2.0
     y0 = (height - (n_rows - 1) * step[1]) / 2.0
-    rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
-    rows, cols = rows.ravel(), cols.ravel()
+    row_grid, col_grid = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    rows, cols = row_grid.ravel(), col_grid.ravel()
     centers = np.column_stack([x0 + cols * step[0], y0 + rows * step[1]])
 
     if not tissue_only:
@@ -139,22 +140,21 @@ def _layout(
 
 def _um_per_px(scalefactors: Mapping, microns_per_pixel: float | None, spot_diameter_um: float, lib: str):
     """µm per full-resolution px (x, y), from the argument, the scale factors or the spot diameter."""
+    from stpredict.data._spotdata import pixel_size_um
+
+    override = None
     if microns_per_pixel is not None:
         mpp = _positive(microns_per_pixel, "microns_per_pixel")
-        return (mpp, mpp)
-    if "microns_per_pixel_x" in scalefactors and "microns_per_pixel_y" in scalefactors:
-        return (float(scalefactors["microns_per_pixel_x"]), float(scalefactors["microns_per_pixel_y"]))
-    if "microns_per_pixel" in scalefactors:
-        mpp = float(scalefactors["microns_per_pixel"])
-        return (mpp, mpp)
-    if "spot_diameter_fullres" in scalefactors:
-        mpp = spot_diameter_um / float(scalefactors["spot_diameter_fullres"])
-        return (mpp, mpp)
-    raise ValueError(
-        f"grid_spots: the physical pixel size of slide {lib!r} is unknown: its scalefactors have none "
-        "of 'microns_per_pixel', 'microns_per_pixel_x'/'_y', 'spot_diameter_fullres'. Pass "
-        "`microns_per_pixel=` (µm per full-resolution pixel)."
-    )
+        override = (mpp, mpp)
+    where = f"grid_spots: the scalefactors of slide {lib!r}"
+    um = pixel_size_um(scalefactors, what=where, override=override, spot_diameter_um=spot_diameter_um)
+    if um is None:
+        raise ValueError(
+            f"grid_spots: the physical pixel size of slide {lib!r} is unknown: its scalefactors have none "
+            "of 'microns_per_pixel', 'microns_per_pixel_x'/'_y', 'spot_diameter_fullres'. Pass "
+            "`microns_per_pixel=` (µm per full-resolution pixel)."
+        )
+    return um
 
 
 def _slides_of_spots(adata: AnnData, spatial: Mapping, library_key: str) -> list:
@@ -235,7 +235,7 @@ def _sources_spatialdata(sdata, library_id, image_key, microns_per_pixel):
             if isinstance(entry, Mapping) and "scalefactors" in entry:
                 full = dict(entry["scalefactors"])
                 scalef = float(full.get("tissue_hires_scalef", 1.0))
-                um = _um_per_px(full, None, 55.0, lib)
+                um = _um_per_px(full, None, DEFAULT_SPOT_DIAMETER_UM, lib)
                 microns_per_pixel = None
                 sf = {"microns_per_pixel_x": um[0] / scalef, "microns_per_pixel_y": um[1] / scalef}
                 break
@@ -244,7 +244,7 @@ def _sources_spatialdata(sdata, library_id, image_key, microns_per_pixel):
                 f"grid_spots: the pixel size of image {image_key!r} is unknown; pass `microns_per_pixel=` "
                 "(µm per pixel of that image)."
             )
-    um = _um_per_px(sf, microns_per_pixel, 55.0, lib)
+    um = _um_per_px(sf, microns_per_pixel, DEFAULT_SPOT_DIAMETER_UM, lib)
     return [(lib, _as_rgb(array, f"image element {image_key!r}"), 1.0, um, None)]
 
 
@@ -256,7 +256,7 @@ def grid_spots(
     image_key: str | None = None,
     microns_per_pixel: float | None = None,
     tissue_only: bool = True,
-    spot_diameter_um: float = 55.0,
+    spot_diameter_um: float = DEFAULT_SPOT_DIAMETER_UM,
     library_key: str = "library_id",
 ) -> AnnData:
     """Lay a regular grid of pseudo-spots over the tissue of an H&E image.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from stpredict._constants import WEIGHTINGS, ood_key, std_key, truth_key
+from stpredict._constants import WEIGHTINGS, Weighting, ood_key, std_key, truth_key
 from stpredict._logging import logger
 from stpredict._validation import check_int, check_key, is_spatialdata, spatialdata_table
 
@@ -99,7 +99,7 @@ def predict(
     model: STPredictModel | str | os.PathLike | None = None,
     *,
     k: int | None = None,
-    weighting: str | None = None,
+    weighting: Weighting | None = None,
     key_added: str = "stpredict",
     copy: bool = False,
     overwrite: bool = False,
@@ -205,8 +205,7 @@ def predict(
     if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"predict: `weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
     dev = resolve_device(device)
-    grid = grid_spacing_um is not None
-    if grid:
+    if grid_spacing_um is not None:
         from ._grid import grid_spots
 
         data = grid_spots(data, spacing_um=grid_spacing_um, library_key=library_key)
@@ -252,7 +251,7 @@ def predict(
             "uncertainty": result.std is not None,
             "ood": result.ood is not None,
             "copy": bool(copy),
-            "grid_spacing_um": None if not grid else float(grid_spacing_um),
+            "grid_spacing_um": None if grid_spacing_um is None else float(grid_spacing_um),
             "model": _model_summary(model),
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -332,7 +331,7 @@ def _write_result(
     return None
 
 
-def _retrieval_settings(model, k, weighting) -> tuple[int, str]:
+def _retrieval_settings(model, k, weighting) -> tuple[int, Weighting]:
     """``k`` and ``weighting`` checked against the model (``None``: the model's own)."""
     if model.bank is None:
         raise ValueError("predict: the model has no reference bank; fit it with `stp.tl.fit`.")

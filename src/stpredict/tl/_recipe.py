@@ -7,16 +7,16 @@ keywords override them. Nothing here depends on which method is trained.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 
+from stpredict._constants import WEIGHTINGS, SelectEpoch, Weighting
 from stpredict._logging import logger
 
 __all__ = ["DataParts", "Recipe", "build_datasets", "retrieval_score"]
 
-SelectEpoch = Literal["val_loss", "val_pearson"]
-_SELECT = ("val_loss", "val_pearson")
+_SELECT: tuple[str, ...] = get_args(SelectEpoch)
 _SCORE_GENES = 50  # genes of the validation score: the training spots' most expressed
 
 
@@ -39,7 +39,7 @@ class Recipe:
     tta: bool
     select_epoch: SelectEpoch
     k: int
-    weighting: str
+    weighting: Weighting
 
     @classmethod
     def resolve(
@@ -65,7 +65,7 @@ class Recipe:
             tta=_flag(merged.get("tta", False), "tta"),
             select_epoch=_choice(merged.get("select_epoch", "val_loss"), "select_epoch", _SELECT),
             k=int(retrieval.get("k", 50)),
-            weighting=str(retrieval.get("weighting", "mean")),
+            weighting=_choice(retrieval.get("weighting", "mean"), "weighting", WEIGHTINGS),
         )
         if max_epochs is not None and recipe.epochs > max_epochs:
             logger.warning(f"fit: {recipe.epochs} epochs capped to stp.settings.max_epochs={max_epochs}")
@@ -264,8 +264,9 @@ def build_datasets(
     def dataset(idx: np.ndarray, train: bool) -> Any:
         if features is not None:
             return FeatureDataset(features[idx], expression[idx], coords=coords[idx], augment=train)
+        assert patches is not None  # no precomputed features: the patches were cut
         return PatchDataset(
-            patches.subset(idx) if isinstance(patches, SlidePatches) else patches[idx],
+            patches.subset(idx) if isinstance(patches, SlidePatches) else patches[idx],  # type: ignore[arg-type]
             expression[idx],
             coords=coords[idx],
             augment=train,

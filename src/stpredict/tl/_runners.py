@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
+from stpredict._constants import Weighting
 from stpredict._logging import logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-    from stpredict.models import STPredictModel
+    from stpredict.models import ReferenceBank, STPredictModel
 
 __all__ = ["BASELINES", "Fold", "MethodRunner", "Prediction", "Runner"]
 
@@ -40,9 +41,37 @@ class Fold:
     seed: int
     library_key: str
     spot_kwargs: dict[str, Any] = field(default_factory=dict)
-    truth: pd.DataFrame | None = None
-    libraries: pd.Series | None = None
-    reference: STPredictModel | None = None
+    observed: pd.DataFrame | None = None  # set by the first method (see truth)
+    slides: pd.Series | None = None
+    first_model: STPredictModel | None = None
+
+    @property
+    def truth(self) -> pd.DataFrame:
+        """The held-out spots' normalised expression (rows) of the fold's genes (columns)."""
+        if self.observed is None:
+            raise RuntimeError("cross_validate: a method must run on the fold before the baselines.")
+        return self.observed
+
+    @property
+    def libraries(self) -> pd.Series:
+        """The slide of each held-out spot, in the order of :attr:`truth`."""
+        if self.slides is None:
+            raise RuntimeError("cross_validate: a method must run on the fold before the baselines.")
+        return self.slides
+
+    @property
+    def reference(self) -> STPredictModel:
+        """The first method's fitted model: its bank is the baselines' reference."""
+        if self.first_model is None:
+            raise RuntimeError("cross_validate: a method must run on the fold before the baselines.")
+        return self.first_model
+
+    def bank(self, model: STPredictModel | None = None) -> ReferenceBank:
+        """The reference bank of ``model`` (default: :attr:`reference`), read by key."""
+        bank = (model or self.reference).bank
+        if bank is None:
+            raise ValueError("cross_validate: a fitted model has no reference bank.")
+        return bank
 
     def k_for(self, bank_size: int) -> int:
         """``k``, lowered (with a warning) when the bank has fewer spots."""
@@ -92,7 +121,7 @@ class MethodRunner:
     label: str
     method: str
     fit_kwargs: dict[str, Any]
-    weighting: str | None = None
+    weighting: Weighting | None = None
     oracle: bool = False
     keep: Callable[[str, int, STPredictModel], None] | None = None
 
@@ -100,16 +129,16 @@ class MethodRunner:
         from ._fit import fit
 
         t0 = time.perf_counter()
-        model = fit(fold.train, method=self.method, seed=fold.seed, progress=False, **self.fit_kwargs)
+        model = fit(fold.train, method=self.method, seed=fold.seed, progress=False, **self.fit_kwargs)  # type: ignore[arg-type]
         fit_s = time.perf_counter() - t0
-        k = fold.k_for(len(model.bank["expression"]))
+        k = fold.k_for(len(fold.bank(model)["expression"]))
         t0 = time.perf_counter()
         pred = self._predict(fold, model, k)
         out = [Prediction(self.label, pred, fit_s, time.perf_counter() - t0)]
         if self.oracle:
             out.append(self._oracle(fold, model, k))
-        if fold.reference is None:
-            fold.reference = model
+        if fold.first_model is None:
+            fold.first_model = model
         if self.keep is not None:
             self.keep(self.label, fold.index, model)
         return out
@@ -124,6 +153,7 @@ class MethodRunner:
             fold.test, model, k=k, weighting=self.weighting, copy=True, key_added=_KEY, progress=False,
             library_key=fold.library_key, **passed,
         )  # fmt: skip
+        assert result is not None  # copy=True returns the new AnnData
         pred, truth = get_prediction(result, _KEY)
         if truth is None:
             raise ValueError(
@@ -131,8 +161,8 @@ class MethodRunner:
             )
         if fold.library_key not in result.obs:
             raise KeyError(f"cross_validate: predict(copy=True) dropped obs[{fold.library_key!r}].")
-        if fold.truth is None:
-            fold.truth, fold.libraries = truth, result.obs[fold.library_key].astype(str)
+        if fold.observed is None:
+            fold.observed, fold.slides = truth, result.obs[fold.library_key].astype(str)
         return pred.reindex(index=fold.truth.index, columns=fold.truth.columns).to_numpy()
 
     def _oracle(self, fold: Fold, model: STPredictModel, k: int) -> Prediction:
@@ -156,8 +186,9 @@ class RandomRunner:
         from stpredict.baselines import random_retrieval
 
         t0 = time.perf_counter()
-        bank = fold.reference.bank["expression"]
+        bank = fold.bank()["expression"]
         values = random_retrieval(bank, len(fold.truth), k=fold.k_for(len(bank)), seed=fold.seed + fold.index)
+        assert isinstance(values, np.ndarray)  # without return_indices
         return [Prediction(self.label, values, 0.0, time.perf_counter() - t0)]
 
 
@@ -174,8 +205,8 @@ class FeatureRunner:
         t0 = time.perf_counter()
         reference = fold.reference
         patch_um = float(reference.patch["patch_size_um"])
-        bank = reference.bank["expression"]
-        train = self.features.get(np.asarray(reference.bank["obs_names"]).astype(str), patch_um)
+        bank = fold.bank()["expression"]
+        train = self.features.get(np.asarray(fold.bank()["obs_names"]).astype(str), patch_um)
         test = self.features.get(fold.truth.index, patch_um)
         estimator = (
             ImageFeatureKNN(k=fold.k_for(len(bank))) if self.label == "image_knn" else ImageFeatureRidge()
