@@ -230,6 +230,10 @@ def fit(args: argparse.Namespace) -> int:
         library_key=args.library_key,
         progress=not args.no_progress,
     )
+    from stpredict._distributed import is_main
+
+    if not is_main():  # torchrun: every rank trained the same model; rank 0 saves it
+        return 0
     path = model.save(out, overwrite=args.overwrite)
     print(f"model written to {path}")
     return 0

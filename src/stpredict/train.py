@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ._device import resolve_device
+from ._distributed import ShardedBatches, init_from_env, is_distributed, is_main, rank, world_size
 from ._logging import logger
 from ._progress import format_seconds
 from ._progress import progress as progress_bar
@@ -481,7 +482,7 @@ def train_module(
     run = _Run(
         module=module,
         config=config,
-        device=resolve_device(device),
+        device=init_from_env(resolve_device(device)),
         recorded=config.recorded(n_train, None if val_dataset is None else len(val_dataset)),  # type: ignore[arg-type]
         fingerprint=_jsonable(dict(fingerprint) if fingerprint is not None else {}),
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
@@ -493,6 +494,15 @@ def train_module(
     )
 
 
+def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel` on several processes."""
+    if not is_distributed():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _train_loaders(
     run: _Run,
     train: torch.utils.data.Dataset,
@@ -501,21 +511,19 @@ def _train_loaders(
 ) -> tuple[Callable[[int], Iterable], Iterable | None]:
     """``loader(epoch)`` of the training set (reshuffled by ``seed + epoch``) and the validation loader."""
     cfg, pin = run.config, run.device.type == "cuda"
-    n_train = len(train)  # type: ignore[arg-type]
-    batch_size, drop_last = cfg.batch_size, cfg.drop_last
-    if batch_sampler is None and n_train < batch_size:
-        logger.warning(
-            f"train_dataset has {n_train} items, fewer than batch_size={batch_size}; "
-            f"training on one batch of {n_train} per epoch."
+    sampler = batch_sampler if batch_sampler is not None else _global_batches(cfg, len(train))  # type: ignore[arg-type]
+    if batch_sampler is not None and is_distributed():
+        raise ValueError(
+            "train_module: a custom batch_sampler is not split across processes; train it on one process "
+            "(e.g. mclSTExp with spot_context='slide')."
         )
-        batch_size, drop_last = n_train, False
 
     def train_loader(epoch: int) -> Iterable:
-        if batch_sampler is not None and hasattr(batch_sampler, "set_epoch"):
-            batch_sampler.set_epoch(epoch)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
         return make_loader(
-            train, batch_size=batch_size, shuffle=True, drop_last=drop_last, batch_sampler=batch_sampler,
-            num_workers=cfg.num_workers, pin_memory=pin, seed=cfg.seed + epoch,
+            train, batch_size=cfg.batch_size, batch_sampler=sampler, num_workers=cfg.num_workers,
+            pin_memory=pin, seed=cfg.seed + epoch,
         )  # fmt: skip
 
     val_loader = (
@@ -524,6 +532,27 @@ def _train_loaders(
         else make_loader(val, batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin)
     )
     return train_loader, val_loader
+
+
+def _global_batches(cfg: TrainConfig, n_train: int) -> ShardedBatches:
+    """The share of this rank of shuffled global batches of ``cfg.batch_size`` items.
+
+    A training set smaller than one batch is one batch; several processes drop an incomplete last
+    batch (every rank must see a batch of the same size).
+    """
+    batch_size, drop_last = cfg.batch_size, cfg.drop_last
+    if n_train < batch_size:
+        logger.warning(
+            f"train_dataset has {n_train} items, fewer than batch_size={batch_size}; "
+            f"training on one batch of {n_train} per epoch."
+        )
+        batch_size, drop_last = n_train, False
+    if is_distributed() and not drop_last and n_train % batch_size:
+        logger.info("training: the incomplete last batch is dropped on several processes")
+        drop_last = True
+    return ShardedBatches(
+        n_train, batch_size, drop_last=drop_last, seed=cfg.seed, rank=rank(), world=world_size()
+    )
 
 
 @dataclass
@@ -554,11 +583,12 @@ class _Run:
                     f"Checkpoint {file} does not match {type(self.module).__name__}'s parameters: {err}"
                 ) from err
         self.module.to(self.device)
+        self.net = _data_parallel(self.module, self.device)
         self.opt, self.sched = self.config.optimiser(self.module)
         if ckpt is not None:
             self._restore(ckpt)
             logger.info(f"Resuming from {file} after epoch {self.start_epoch} of {self.config.epochs}.")
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and is_main():
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             logger.info(
                 f"Writing checkpoints to {self.checkpoint_dir} ({CHECKPOINT_NAME} after every epoch)."
@@ -597,6 +627,7 @@ class _Run:
         """Epochs ``start_epoch + 1 .. epochs``; Ctrl-C after an epoch returns what was done so far."""
         train_loader, val_loader = loaders
         epochs = self.config.epochs
+        progress = progress and is_main()
         bar = progress_bar(
             range(self.start_epoch, epochs), desc="epochs", unit="epoch", total=epochs - self.start_epoch,
             enabled=progress,
@@ -606,7 +637,7 @@ class _Run:
             for epoch0 in bar:
                 entry = self._epoch(epoch0 + 1, train_loader, val_loader, progress, score)
                 bar.set_postfix({k: f"{entry[k]:.4g}" for k in ("train_loss", "val_loss") if k in entry})
-                for cb in callbacks:
+                for cb in callbacks if is_main() else ():
                     cb(epoch0 + 1, entry, self.module)
         except KeyboardInterrupt:
             if not self.history:
@@ -625,7 +656,7 @@ class _Run:
         lr = float(self.opt.param_groups[0]["lr"])
         estimate = self.config.epochs - self.start_epoch if epoch == self.start_epoch + 1 else 0
         stats, n_images, seconds = _run_epoch(
-            self.module, train_loader(epoch), self.device, self.amp, self.opt, f"train {epoch}", progress,
+            self.net, train_loader(epoch), self.device, self.amp, self.opt, f"train {epoch}", progress,
             estimate_epochs=estimate,
         )  # fmt: skip
         if not math.isfinite(stats["loss"]):
@@ -636,7 +667,7 @@ class _Run:
         entry: dict[str, Any] = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}}
         if val_loader is not None:
             val, _, _ = _run_epoch(
-                self.module, val_loader, self.device, self.amp, None, f"val {epoch}", progress
+                self.net, val_loader, self.device, self.amp, None, f"val {epoch}", progress
             )
             entry.update({f"val_{k}": v for k, v in val.items()})
         if self.sched is not None:
@@ -656,7 +687,7 @@ class _Run:
             self.best_epoch, self.best_score, self.best_state = epoch, epoch_score, _cpu_state(self.module)
 
     def _checkpoint(self, epoch: int) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not is_main():
             return
         Checkpoint(
             module=_cpu_state(self.module),

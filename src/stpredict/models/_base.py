@@ -125,6 +125,15 @@ class RetrievalModule(nn.Module):
         """Width of the shared embedding space."""
         return int(self.config["dim"])
 
+    def global_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the rows of every process (differentiable) when training under DDP, else ``x``.
+
+        The contrastive losses then compare the whole global batch (global negatives).
+        """
+        from stpredict._distributed import gather
+
+        return gather(x) if self.training else x
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Embed normalised images ``[B, 3, S, S]`` → ``[B, D]``."""
         raise NotImplementedError

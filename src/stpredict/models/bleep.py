@@ -65,7 +65,7 @@ class BLEEP(ProjectedExpressionModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Soft-target contrastive loss of a batch (``"loss"`` = ``"contrastive"``, its mean)."""
-        img = self.encode_image(batch["image"])
-        expr = self.encode_expression(batch["expression"], batch.get("coords"))
+        img = self.global_batch(self.encode_image(batch["image"]))  # global negatives with DDP
+        expr = self.global_batch(self.encode_expression(batch["expression"], batch.get("coords")))
         loss = soft_clip_loss(expr, img, self.config["temperature"], reduction="mean")
         return {"loss": loss, "contrastive": loss.detach()}

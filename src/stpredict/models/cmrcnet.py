@@ -189,13 +189,14 @@ class CMRCNet(ProjectedExpressionModule):
         """Losses of a batch: ``"loss"``, ``"contrastive"`` (mean), ``"reconstruction"``."""
         image, expression = batch["image"], batch["expression"]
         tokens = self.image_tokens(image)
-        img = self.image_projection(_pool_tokens(tokens))
-        expr = self.encode_expression(expression, batch.get("coords"))
+        img = self.global_batch(self.image_projection(_pool_tokens(tokens)))  # global batch with DDP
+        expr = self.global_batch(self.encode_expression(expression, batch.get("coords")))
         contrastive = soft_clip_loss(expr, img, self.config["temperature"], reduction="none")
         if self.config["reconstruction"] is None:
             loss = contrastive.mean()
             return {"loss": loss, "contrastive": loss.detach()}
-        rec = reconstruction_loss(self.reconstruct(tokens, expression), img, self.config["reconstruction"])
+        rebuilt = self.global_batch(self.reconstruct(tokens, expression))
+        rec = reconstruction_loss(rebuilt, img, self.config["reconstruction"])
         return {
             "loss": cmrcnet_total_loss(contrastive, rec),
             "contrastive": contrastive.mean().detach(),

@@ -163,7 +163,7 @@ class MclSTExp(ContrastiveModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Symmetric InfoNCE over the batch (``"loss"`` = ``"contrastive"``)."""
-        img = self.encode_image(batch["image"])
-        expr = self.encode_expression(batch["expression"], batch.get("coords"))
+        img = self.global_batch(self.encode_image(batch["image"]))  # global negatives with DDP
+        expr = self.global_batch(self.encode_expression(batch["expression"], batch.get("coords")))
         loss = info_nce_loss(img, expr, self.config["temperature"])
         return {"loss": loss, "contrastive": loss.detach()}
