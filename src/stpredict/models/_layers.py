@@ -181,14 +181,7 @@ class FusionBlock(nn.Module):
         Dropout inside the residual cross-attention's query/key blocks.
     """
 
-    def __init__(
-        self,
-        dim: int = 256,
-        heads: int = 8,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.1,
-        cross_dropout: float = 0.25,
-    ) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, cross_dropout: float) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)

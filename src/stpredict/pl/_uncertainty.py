@@ -80,8 +80,8 @@ def uncertainty_map(
     >>> train = adata[adata.obs["library_id"] == "slide0"].copy()
     >>> test = adata[adata.obs["library_id"] == "slide1"].copy()
     >>> model = stp.tl.fit(train, preset="tiny", epochs=1, progress=False)
-    >>> stp.tl.predict(test, model, k=5, progress=False)
-    >>> fig = stp.pl.uncertainty_map(test, model.genes[0], show=False)
+    >>> result = stp.tl.predict(test, model, k=5, copy=True, progress=False)  # spread in a layer
+    >>> fig = stp.pl.uncertainty_map(result, model.genes[0], show=False)
     """
     pred, _ = prediction(adata, key)
     std = spread(adata, key, like=pred)

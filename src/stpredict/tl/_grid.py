@@ -90,6 +90,11 @@ def _small(image: np.ndarray) -> tuple[np.ndarray, float]:
     if stride == 1:
         return np.asarray(image), 1.0
     h, w = (image.shape[0] // stride) * stride, (image.shape[1] // stride) * stride
+    if hasattr(image, "dask"):  # lazy: block means chunk by chunk, never the whole image at once
+        import dask.array as da
+
+        small = da.coarsen(np.mean, image[:h, :w].astype(np.float32), {0: stride, 1: stride})
+        return np.asarray(small.compute()).astype(image.dtype, copy=False), 1.0 / stride
     arr = np.asarray(image[:h, :w], dtype=np.float32)
     arr = arr.reshape(h // stride, stride, w // stride, stride, arr.shape[-1]).mean(axis=(1, 3))
     return arr.astype(np.asarray(image).dtype, copy=False), 1.0 / stride
@@ -103,10 +108,12 @@ def _layout(
     spacing_um: float,
     spot_diameter_um: float,
     tissue_only: bool,
+    overview: tuple[np.ndarray, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Grid centres (full-res px), rows, cols and tissue fraction over one image.
 
-    ``scalef`` is image px per full-res px, ``um_per_px`` µm per full-res px (x, y).
+    ``scalef`` is image px per full-res px, ``um_per_px`` µm per full-res px (x, y); the tissue
+    mask is computed on ``overview`` (a small copy and its px per image px) when given.
     """
     from scipy.ndimage import uniform_filter
 
@@ -123,7 +130,7 @@ def _layout(
 
     if not tissue_only:
         return centers, rows, cols, np.full(len(rows), np.nan)
-    small, s = _small(image)
+    small, s = overview if overview is not None else _small(image)
     mask = tissue_mask(small).astype(np.float32)
     to_mask = scalef * s  # mask px per full-res px
     window = (
@@ -204,13 +211,12 @@ def _sources_anndata(
         scalef = float(sf.get(f"tissue_{key}_scalef", 1.0))
         um = _um_per_px(sf, microns_per_pixel, spot_diameter_um, lib)
         image = _as_rgb(images[key], f"adata.uns['spatial'][{lib!r}]['images'][{key!r}]")
-        out.append((lib, image, scalef, um, dict(entry)))
+        out.append((lib, image, scalef, um, dict(entry), None))
     return out
 
 
 def _sources_spatialdata(sdata, library_id, image_key, microns_per_pixel):
-    from spatialdata import get_pyramid_levels
-
+    """The full-resolution image (lazy when the element is), its overview for the mask, its pixel size."""
     names = list(sdata.images)
     if image_key is None:
         if len(names) != 1:
@@ -222,30 +228,61 @@ def _sources_spatialdata(sdata, library_id, image_key, microns_per_pixel):
     if image_key not in sdata.images:
         raise KeyError(f"grid_spots: the SpatialData has no image element {image_key!r}; available: {names}.")
     element = sdata.images[image_key]
-    if not hasattr(element, "dims"):  # multiscale DataTree: the full-resolution level
-        element = get_pyramid_levels(element, n=0)
-    array = np.moveaxis(np.asarray(element.transpose("c", "y", "x").values), 0, -1)
     lib = library_id if library_id is not None else image_key.removesuffix("_image")
+    um = _um_per_px({}, microns_per_pixel, DEFAULT_SPOT_DIAMETER_UM, lib) if microns_per_pixel else None
+    um = um or _element_pixel_size(sdata, element, lib, image_key)
+    full, overview = _levels(element, f"image element {image_key!r}")
+    return [(lib, full, 1.0, um, None, overview)]
 
-    sf: dict[str, Any] = {}
-    if microns_per_pixel is None:
-        # SpatialData written by stp.io.to_spatialdata keeps the scale factors in its table(s)
-        for table in sdata.tables.values():
-            entry = table.uns.get("spatial", {}).get(lib)
-            if isinstance(entry, Mapping) and "scalefactors" in entry:
-                full = dict(entry["scalefactors"])
-                scalef = float(full.get("tissue_hires_scalef", 1.0))
-                um = _um_per_px(full, None, DEFAULT_SPOT_DIAMETER_UM, lib)
-                microns_per_pixel = None
-                sf = {"microns_per_pixel_x": um[0] / scalef, "microns_per_pixel_y": um[1] / scalef}
-                break
-        if not sf:
-            raise ValueError(
-                f"grid_spots: the pixel size of image {image_key!r} is unknown; pass `microns_per_pixel=` "
-                "(µm per pixel of that image)."
-            )
-    um = _um_per_px(sf, microns_per_pixel, DEFAULT_SPOT_DIAMETER_UM, lib)
-    return [(lib, _as_rgb(array, f"image element {image_key!r}"), 1.0, um, None)]
+
+def _element_pixel_size(sdata, element, lib: str, image_key: str) -> tuple[float, float]:
+    """µm per pixel: of a read_wsi image, or from the scale factors stp.io.to_spatialdata keeps."""
+    from stpredict.io import pixel_size
+
+    um = pixel_size(element)
+    if um is not None:
+        return um
+    for table in sdata.tables.values():
+        entry = table.uns.get("spatial", {}).get(lib)
+        if isinstance(entry, Mapping) and "scalefactors" in entry:
+            full = dict(entry["scalefactors"])
+            scalef = float(full.get("tissue_hires_scalef", 1.0))
+            um = _um_per_px(full, None, DEFAULT_SPOT_DIAMETER_UM, lib)
+            return um[0] / scalef, um[1] / scalef
+    raise ValueError(
+        f"grid_spots: the pixel size of image {image_key!r} is unknown; pass `microns_per_pixel=` "
+        "(µm per pixel of that image)."
+    )
+
+
+def _levels(element, what: str):
+    """The full-resolution ``H x W x 3`` image (dask when lazy) and a small overview (array, scale)."""
+    import xarray as xr
+    from spatialdata import get_pyramid_levels
+
+    if isinstance(element, xr.DataArray):  # one level
+        full_level, coarse = element, element
+    else:  # a pyramid: the coarsest level at least _MASK_MAX_SIZE / 2 px wide, else the finest
+        levels = [get_pyramid_levels(element, n=i) for i in range(len(element.children))]
+        full_level = levels[0]
+        wide = [lvl for lvl in levels if max(lvl.shape[1:]) >= _MASK_MAX_SIZE // 2]
+        coarse = wide[-1] if wide else full_level
+    full = _rgb_view(full_level.transpose("c", "y", "x").data, what)
+    small = _rgb_view(coarse.transpose("c", "y", "x").data, what)
+    small_np, s = _small(small)
+    return full, (small_np, s * small.shape[1] / full.shape[1])
+
+
+def _rgb_view(chw, what: str):
+    """``(C, H, W)`` → ``H x W x 3`` without reading a lazy array."""
+    if chw.ndim != 3 or chw.shape[0] not in (1, 3, 4):
+        raise ValueError(f"grid_spots: {what} must have 1, 3 or 4 channels, got shape {chw.shape}.")
+    if hasattr(chw, "dask"):
+        import dask.array as da
+
+        hwc = da.moveaxis(chw, 0, -1)
+        return da.repeat(hwc, 3, axis=-1) if hwc.shape[-1] == 1 else hwc[..., :3]
+    return _as_rgb(np.moveaxis(np.asarray(chw), 0, -1), what)
 
 
 def grid_spots(
@@ -333,16 +370,17 @@ def grid_spots(
         if microns_per_pixel is None:
             raise ValueError("grid_spots: for an image array, pass `microns_per_pixel=` (µm per pixel).")
         um = _um_per_px({}, microns_per_pixel, spot_diameter_um, "image")
-        sources = [(library_id or "image", _as_rgb(data, "the image"), 1.0, um, None)]
+        sources = [(library_id or "image", _as_rgb(data, "the image"), 1.0, um, None, None)]
     else:
         raise TypeError(
             f"grid_spots: expected an AnnData, a SpatialData or an RGB array, got {type(data).__name__}."
         )
 
     obs, coords, spatial = [], [], {}
-    for lib, image, scalef, um, entry in sources:
+    for lib, image, scalef, um, entry, overview in sources:
         centers, rows, cols, frac = _layout(
             image,
+            overview=overview,
             scalef=scalef,
             um_per_px=um,
             spacing_um=spacing_um,
