@@ -136,3 +136,61 @@ def test_predict_a_40000_px_slide_with_bounded_memory(tmp_path):
     assert (n_obs, n_vars) == (100, 20)  # 40 x 40 grid over 20 mm, tissue on the central quarter
     assert peak_mib < 2500, peak_mib  # the pixels alone are 4578 MiB
     assert peak_mib - before_mib < 1000, (before_mib, peak_mib)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    adata = stp.datasets.synthetic(n_slides=1, n_spots_per_side=8, n_genes=20)
+    return stp.tl.fit(adata, preset="tiny", epochs=1, progress=False)
+
+
+def test_predict_slides_shards_skips_and_writes_shapes_and_table(
+    tmp_path, small_wsi, tiny_model, monkeypatch
+):
+    import shutil
+
+    import spatialdata
+
+    slides = []
+    for name in ("a", "b", "c"):
+        slides.append(tmp_path / f"{name}.tif")
+        shutil.copy(small_wsi, slides[-1])
+    out = tmp_path / "out"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert stp.tl.predict_slides(slides, tiny_model, out_dir=out, grid_spacing_um=40.0) == [out / "b.zarr"]
+    assert sorted(p.name for p in out.iterdir()) == ["b.zarr"]  # rank 1 of 2: the second slide only
+    monkeypatch.setenv("RANK", "0")
+    first = stp.tl.predict_slides(slides, tiny_model, out_dir=out, grid_spacing_um=40.0)
+    assert first == [out / "a.zarr", out / "c.zarr"]
+    sdata = spatialdata.read_zarr(out / "a.zarr")
+    assert not sdata.images  # the slide stays in its file
+    (shapes,) = sdata.shapes
+    table = sdata.tables["table"]
+    assert table.n_obs == len(sdata.shapes[shapes]) >= 25
+    assert list(table.var_names) == tiny_model.genes
+    assert np.isfinite(table.X).all()
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    stamp = (out / "b.zarr").stat().st_mtime_ns
+    again = stp.tl.predict_slides(slides, tiny_model, out_dir=out, grid_spacing_um=40.0)
+    assert again == [out / f"{n}.zarr" for n in "abc"]
+    assert (out / "b.zarr").stat().st_mtime_ns == stamp  # done already: skipped
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_predict_slides_refuses_bad_input(tmp_path, small_wsi, tiny_model):
+    with pytest.raises(FileNotFoundError, match="no such slide"):
+        stp.tl.predict_slides([tmp_path / "nope.svs"], tiny_model, out_dir=tmp_path / "o")
+    with pytest.raises(ValueError, match="share an output name"):
+        stp.tl.predict_slides([small_wsi, small_wsi], tiny_model, out_dir=tmp_path / "o")
+
+
+def test_cli_predict_slides(tmp_path, small_wsi, tiny_model, capsys):
+    from stpredict.cli import main
+
+    model_dir = tiny_model.save(tmp_path / "model")
+    args = ["predict-slides", str(small_wsi), "--model", str(model_dir), "--out-dir", str(tmp_path / "out")]
+    assert main([*args, "--grid-spacing-um", "40", "--device", "cpu", "--no-progress"]) == 0
+    assert "1 slide prediction(s)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "slide_1.zarr").is_dir()

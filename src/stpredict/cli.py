@@ -1,4 +1,4 @@
-"""The ``stpredict`` command line: ``demo``, ``fit``, ``predict`` and ``evaluate``."""
+"""The ``stpredict`` command line: ``demo``, ``fit``, ``predict``, ``predict-slides`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -239,6 +239,18 @@ def fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_slides(args: argparse.Namespace) -> int:
+    """``stpredict predict-slides SLIDE... --model MODEL_DIR --out-dir DIR``."""
+    import stpredict as stp
+
+    written = stp.tl.predict_slides(
+        args.slides, args.model, out_dir=args.out_dir, grid_spacing_um=args.grid_spacing_um, k=args.k,
+        device=args.device, microns_per_pixel=args.microns_per_pixel, progress=not args.no_progress,
+    )  # fmt: skip
+    print(f"{len(written)} slide prediction(s) in {args.out_dir}")
+    return 0
+
+
 def predict(args: argparse.Namespace) -> int:
     """``stpredict predict DATA --model MODEL_DIR --out OUT``."""
     import stpredict as stp
@@ -371,6 +383,12 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=fit)
 
+    _add_prediction_commands(sub, common)
+    return parser
+
+
+def _add_prediction_commands(sub: Any, common: Any) -> None:
+    """``predict``, ``predict-slides`` and ``evaluate``."""
     p = sub.add_parser("predict", help="predict expression for DATA with a saved model")
     p.add_argument("data", help="AnnData (.h5ad) or SpatialData (.zarr)")
     p.add_argument("--model", required=True, help="model folder written by `stpredict fit`")
@@ -393,7 +411,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the per-gene table to this CSV")
     common(p, device=False)
     p.set_defaults(func=evaluate)
-    return parser
+
+    p = sub.add_parser(
+        "predict-slides",
+        help="predict whole-slide images on a pseudo-spot grid, one .zarr each (skips finished ones)",
+        description="Under torchrun, process r of n takes the slides r, r + n, ...",
+    )
+    p.add_argument("slides", nargs="+", help="whole-slide images (pyramidal TIFF, SVS, ...)")
+    p.add_argument("--model", required=True, help="model folder written by `stpredict fit`")
+    p.add_argument("--out-dir", required=True, help="folder of the <slide>.zarr outputs")
+    p.add_argument("--grid-spacing-um", type=float, default=100.0, help="default: %(default)s")
+    p.add_argument("--k", type=int, default=None, help="default: the model's")
+    p.add_argument("--microns-per-pixel", type=float, default=None, help="for files that record none")
+    common(p)
+    p.set_defaults(func=predict_slides)
 
 
 _PYTHON_NAMES = {

@@ -385,6 +385,12 @@ def train_module(
     exactly (on CPU). After each epoch the module is evaluated on ``val_dataset``, the learning
     rate is annealed, the best weights are kept and ``checkpoint_dir/last.pt`` is rewritten.
 
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), the processes join one group (NCCL on CUDA, gloo
+    on the CPU) and train the module under DDP: ``batch_size`` is the *global* batch, each process
+    takes its share of every shuffled global batch, the module's contrastive losses see the
+    embeddings of the whole global batch (:meth:`~stpredict.models.RetrievalModule.global_batch`),
+    and rank 0 alone logs, calls ``callbacks`` and writes checkpoints.
+
     Parameters
     ----------
     module

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -56,7 +56,7 @@ def _validated_libraries(adata: AnnData, library_key: str) -> list[str]:
     return libs
 
 
-def to_spatialdata(adata: AnnData, *, library_key: str = "library_id") -> SpatialData:
+def to_spatialdata(adata: AnnData, *, library_key: str = "library_id", images: bool = True) -> SpatialData:
     """Convert a Visium-convention AnnData into a :class:`~spatialdata.SpatialData` object.
 
     Each slide becomes a coordinate system named after it (full-resolution pixels), holding
@@ -74,6 +74,9 @@ def to_spatialdata(adata: AnnData, *, library_key: str = "library_id") -> Spatia
         :func:`stpredict.datasets.synthetic`; not modified.
     library_key
         Column of ``adata.obs`` telling slides apart.
+    images
+        Include the image elements; ``False``: the spots and the table only (e.g. predictions of a
+        whole slide, whose image stays in its own file).
 
     Returns
     -------
@@ -89,33 +92,20 @@ def to_spatialdata(adata: AnnData, *, library_key: str = "library_id") -> Spatia
     """
     libs = _validated_libraries(adata, library_key)
     from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity, Scale
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
 
     coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
     lib_of_spot = adata.obs[library_key].astype(str).to_numpy()
-    images, shapes = {}, {}
+    elements, shapes = {}, {}
     region = np.empty(adata.n_obs, dtype=object)
     instance = np.zeros(adata.n_obs, dtype=np.int64)
     for lib in libs:
         entry = adata.uns["spatial"][lib]
         sf = entry["scalefactors"]
-        key = "hires" if entry["images"].get("hires") is not None else "lowres"
-        scalef = float(sf.get(f"tissue_{key}_scalef", 1.0))
-        array = np.asarray(entry["images"][key])
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.ndim != 3:
-            raise ValueError(
-                f"to_spatialdata: image {key!r} of {lib!r} must be H x W x C, got shape {array.shape}."
-            )
         systems = {lib: None} | ({"global": None} if len(libs) == 1 else {})
-        to_fullres = Scale([1.0 / scalef, 1.0 / scalef], axes=("x", "y"))
-        images[f"{lib}_image"] = Image2DModel.parse(
-            np.ascontiguousarray(np.moveaxis(array, -1, 0)),
-            dims=("c", "y", "x"),
-            transformations=dict.fromkeys(systems, to_fullres),
-        )
+        if images:
+            elements[f"{lib}_image"] = _image_element(entry, lib, systems)
         mask = lib_of_spot == lib
         idx = np.arange(int(mask.sum()), dtype=np.int64)
         shapes[f"{lib}_spots"] = ShapesModel.parse(
@@ -137,6 +127,28 @@ def to_spatialdata(adata: AnnData, *, library_key: str = "library_id") -> Spatia
     table = TableModel.parse(
         table, region=[f"{lib}_spots" for lib in libs], region_key=REGION_KEY, instance_key=INSTANCE_KEY
     )
-    sdata = SpatialData(images=images, shapes=shapes, tables={"table": table})
-    logger.info(f"built SpatialData with {len(libs)} slide(s): images {list(images)}, table 'table'")
+    sdata = SpatialData(images=elements, shapes=shapes, tables={"table": table})
+    logger.info(f"built SpatialData with {len(libs)} slide(s): images {list(elements)}, table 'table'")
     return sdata
+
+
+def _image_element(entry: dict, lib: str, systems: dict) -> Any:
+    """The slide's hires (else lowres) image, placed in full-resolution pixels."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    key = "hires" if entry["images"].get("hires") is not None else "lowres"
+    scalef = float(entry["scalefactors"].get(f"tissue_{key}_scalef", 1.0))
+    array = np.asarray(entry["images"][key])
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(
+            f"to_spatialdata: image {key!r} of {lib!r} must be H x W x C, got shape {array.shape}."
+        )
+    to_fullres = Scale([1.0 / scalef, 1.0 / scalef], axes=("x", "y"))
+    return Image2DModel.parse(
+        np.ascontiguousarray(np.moveaxis(array, -1, 0)),
+        dims=("c", "y", "x"),
+        transformations=dict.fromkeys(systems, to_fullres),
+    )

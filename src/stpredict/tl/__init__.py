@@ -5,5 +5,14 @@ from ._evaluate import evaluate
 from ._fit import fit
 from ._grid import grid_spots
 from ._predict import predict
+from ._slides import predict_slides
 
-__all__ = ["fit", "predict", "evaluate", "cross_validate", "CrossValidationResult", "grid_spots"]
+__all__ = [
+    "fit",
+    "predict",
+    "predict_slides",
+    "evaluate",
+    "cross_validate",
+    "CrossValidationResult",
+    "grid_spots",
+]
