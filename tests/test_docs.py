@@ -2,6 +2,8 @@
 
 Training is cut to one epoch (``STPREDICT_MAX_EPOCHS=1``); the published datasets come from a
 loopback mirror of ``../shared/data`` (files whose snippets download are skipped without it).
+Blocks fenced ``py`` instead of ``python`` need files of the reader's own (a whole-slide image)
+and are not run; ``tests/test_wsi.py`` runs the same calls on a slide it writes.
 """
 
 from __future__ import annotations

@@ -110,16 +110,18 @@ def test_grid_on_a_lazy_slide_reads_the_same_patches_as_in_memory(small_wsi):
 def test_predict_a_40000_px_slide_with_bounded_memory(tmp_path):
     """The slide is 4.8 GB of pixels; the prediction must never hold more than a fraction of it."""
     path = tmp_path / "big.tif"
+    writer = tmp_path / "write.py"  # its own process: the peak memory measured is the prediction's
+    writer.write_text(WRITER + f"\nwrite_pyramid({str(path)!r}, 40_000, 6)\n")
+    wrote = subprocess.run([sys.executable, str(writer)], capture_output=True, text=True, timeout=900)
+    assert wrote.returncode == 0, wrote.stderr[-3000:]
     script = tmp_path / "run.py"
     script.write_text(
-        WRITER
-        + textwrap.dedent(
+        textwrap.dedent(
             f"""
             import resource
 
             import stpredict as stp
 
-            write_pyramid({str(path)!r}, 40_000, 6)
             adata = stp.datasets.synthetic(n_slides=1, n_spots_per_side=8, n_genes=20)
             model = stp.tl.fit(adata, preset="tiny", epochs=1, progress=False)
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
