@@ -184,8 +184,8 @@ def extract_image_patches(
     with progress_bar(total=n, desc=desc or "patches", unit="patch", enabled=progress) as bar:
         for band in bands:
             if image.is_lazy:
-                by0, by1 = max(int(iy0[band].min()), 0), min(int(iy1[band].max()), h)
-                bx0, bx1 = max(int(ix0[band].min()), 0), min(int(ix1[band].max()), w)
+                by0, by1 = max(int(np.min(iy0[band])), 0), min(int(np.max(iy1[band])), h)
+                bx0, bx1 = max(int(np.min(ix0[band])), 0), min(int(np.max(ix1[band])), w)
                 if by1 > by0 and bx1 > bx0:
                     source, offset = _load(image.array, by0, by1, bx0, bx1), (bx0, by0)
                 else:  # every window of the band lies outside the image

@@ -62,9 +62,7 @@ def _expression(
             raise
         logger.warning(f"{err} Ignoring the expression (no truth).")
         return None, None
-    counts = (
-        sparse.csr_matrix(X, dtype=np.float32) if not sparse.issparse(X) else X.tocsr().astype(np.float32)
-    )
+    counts = sparse.csr_matrix(X, dtype=np.float32)  # dense or any sparse format
     return counts, var_names
 
 

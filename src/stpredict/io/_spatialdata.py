@@ -30,7 +30,7 @@ def _validated_libraries(adata: AnnData, library_key: str) -> list[str]:
         raise KeyError(
             "to_spatialdata: adata.obsm has no 'spatial' (spot centres in full-resolution pixels)."
         )
-    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    coords: np.ndarray = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] < 2 or not np.isfinite(coords[:, :2]).all():
         raise ValueError("to_spatialdata: adata.obsm['spatial'] must be a finite (n_obs, 2) array of x, y.")
     libs = pd.unique(adata.obs[library_key].astype(str)).tolist()

@@ -195,21 +195,23 @@ def _subset(adata: AnnData, mask: np.ndarray, library_key: str) -> AnnData:
     """A light AnnData of some spots that shares (does not copy) the slide images."""
     import anndata as ad
 
-    obs = adata.obs.loc[mask].copy()
+    data: Any = adata  # anndata 0.13 types X/obs as unions of backed formats
+
+    obs = data.obs.loc[mask].copy()
     for col in obs.columns:
         if isinstance(obs[col].dtype, pd.CategoricalDtype):
             obs[col] = obs[col].cat.remove_unused_categories()
     libs = set(obs[library_key].astype(str)) if library_key in obs else set()
-    uns = {k: v for k, v in adata.uns.items() if k != "spatial"}
-    if "spatial" in adata.uns:
-        uns["spatial"] = {lib: v for lib, v in adata.uns["spatial"].items() if lib in libs or not libs}
+    uns = {k: v for k, v in data.uns.items() if k != "spatial"}
+    if "spatial" in data.uns:
+        uns["spatial"] = {lib: v for lib, v in data.uns["spatial"].items() if lib in libs or not libs}
     return ad.AnnData(
-        X=adata.X[mask],
+        X=data.X[mask],
         obs=obs,
-        var=adata.var.copy(),
-        obsm={key: value[mask] for key, value in adata.obsm.items()},
+        var=data.var.copy(),
+        obsm={key: value[mask] for key, value in data.obsm.items()},
         layers={
-            key: adata.layers[key][mask] for key in adata.layers if key is not None
+            key: data.layers[key][mask] for key in data.layers if key is not None
         },  # 0.13: X is layers[None]
         uns=uns,
     )

@@ -111,8 +111,9 @@ def write_inplace(adata: AnnData, result: Result, key: str, entry: dict) -> None
         for name in (key, truth_key(key), std_key(key)):
             if name in container:
                 del container[name]
-    if ood_key(key) in adata.obs:
-        del adata.obs[ood_key(key)]
+    obs: Any = adata.obs  # anndata 0.13 also types it as a backed Dataset2D
+    if ood_key(key) in obs:
+        del obs[ood_key(key)]
     pred = result.prediction.reindex(adata.obs_names)
     adata.obsm[key] = pred
     for name, frame in ((truth_key(key), result.truth), (std_key(key), result.std)):
