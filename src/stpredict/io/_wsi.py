@@ -65,13 +65,18 @@ def read_wsi(
     slide = _open(file)
     mpp = _pixel_size(slide, microns_per_pixel, file)
     element = _multiscale(slide, mpp)
-    name = name or re.sub(r"[^A-Za-z0-9_.\-]", "_", file.name.split(".")[0]) + "_image"
+    name = name or slide_name(file) + "_image"
     width, height = slide.dimensions
     logger.info(
         f"read_wsi: {file.name}: {width} x {height} px, {slide.level_count} level(s)"
         + (f", {mpp[0]:.4g} x {mpp[1]:.4g} µm/px" if mpp else ", pixel size unknown")
     )
     return spatialdata.SpatialData(images={name: element})
+
+
+def slide_name(path: str | os.PathLike) -> str:
+    """A file's name without suffixes, as letters, digits and ``_ - .`` (an element or file name)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(path).name.split(".")[0])
 
 
 def pixel_size(element: Any) -> tuple[float, float] | None:

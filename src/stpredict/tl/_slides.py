@@ -6,13 +6,13 @@ Resumable (finished slides are skipped) and shared out across processes (``torch
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stpredict._logging import logger
+from stpredict.io._wsi import slide_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from stpredict.models import STPredictModel
@@ -81,7 +81,7 @@ def predict_slides(
     device = _local_device(device)
     written = []
     for i, slide in enumerate(mine, start=1):
-        target = out / f"{_name(slide)}.zarr"
+        target = out / f"{slide_name(slide)}.zarr"
         if target.exists():
             logger.info(f"predict_slides: {slide.name} done already ({target}); skipped")
         else:
@@ -107,7 +107,7 @@ def _my_share(slides: list[Path]) -> list[Path]:
     missing = [str(s) for s in slides if not s.is_file()]
     if missing:
         raise FileNotFoundError(f"predict_slides: no such slide file(s): {missing}.")
-    names = [_name(s) for s in slides]
+    names = [slide_name(s) for s in slides]
     if len(set(names)) != len(names):
         raise ValueError(f"predict_slides: slides would share an output name: {sorted(names)}.")
     return slides[rank::world]
@@ -121,10 +121,6 @@ def _local_device(device: str) -> Any:
         if torch.cuda.is_available():
             return f"cuda:{int(local)}"
     return device
-
-
-def _name(slide: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", slide.name.split(".")[0])
 
 
 def _write_once(sdata: Any, target: Path) -> None:
