@@ -100,3 +100,16 @@ def test_sharded_batches_are_the_shuffling_dataloader_batches():
             torch.arange(30), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5 + epoch)
         )
         assert [b.tolist() for b in loader] == list(sampler)
+
+
+def test_local_device_is_the_local_rank_gpu_under_torchrun(monkeypatch):
+    from stpredict._distributed import local_device
+    from stpredict.tl._slides import _local_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert local_device(torch.device("cuda")) == torch.device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert local_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # an explicit GPU stays
+    assert local_device(torch.device("cpu")) == torch.device("cpu")
+    assert _local_device("cpu") == "cpu"

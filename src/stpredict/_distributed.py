@@ -48,6 +48,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_device(device: torch.device) -> torch.device:
+    """Under ``torchrun`` (``LOCAL_RANK`` set), GPU ``LOCAL_RANK`` for an unnumbered CUDA device."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(local))
+    return device
+
+
 def init_from_env(device: torch.device) -> torch.device:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1) unless already in one.
 
@@ -56,8 +64,8 @@ def init_from_env(device: torch.device) -> torch.device:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
         return device
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = local_device(device)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

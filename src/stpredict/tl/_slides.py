@@ -113,14 +113,15 @@ def _my_share(slides: list[Path]) -> list[Path]:
     return slides[rank::world]
 
 
-def _local_device(device: str) -> Any:
-    local = os.environ.get("LOCAL_RANK")
-    if local is not None and device in ("auto", "cuda"):
-        import torch
+def _local_device(device: str) -> str:
+    """``device`` resolved; under ``torchrun``, this process's GPU (``LOCAL_RANK``)."""
+    import torch
 
-        if torch.cuda.is_available():
-            return f"cuda:{int(local)}"
-    return device
+    from stpredict._distributed import local_device
+
+    from ._fit import resolve_device
+
+    return str(local_device(torch.device(resolve_device(device))))
 
 
 def _write_once(sdata: Any, target: Path) -> None:
