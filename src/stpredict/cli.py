@@ -270,6 +270,7 @@ def predict(args: argparse.Namespace) -> int:
         library_key=args.library_key,
         table_key=args.table_key,
         grid_spacing_um=args.grid_spacing_um,
+        smooth=args.smooth,
         progress=not args.no_progress,
     )
     target = data if result is None else result
@@ -398,6 +399,9 @@ def _add_prediction_commands(sub: Any, common: Any) -> None:
     p.add_argument("--key-added", default="stpredict", help="default: %(default)s")
     p.add_argument("--overwrite", action="store_true", help="replace results under --key-added")
     p.add_argument("--grid-spacing-um", type=float, default=None, help="predict on a pseudo-spot grid")
+    p.add_argument(
+        "--smooth", type=float, default=0.0, help="spatial smoothing weight in [0, 1] (default: off)"
+    )
     p.add_argument("--library-key", default="library_id")
     p.add_argument("--table-key", default=None)
     common(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,8 @@ def predict(
     table_key: str | None = None,
     grid_spacing_um: float | None = None,
     uncertainty: bool = True,
+    smooth: float = 0.0,
+    smooth_radius: float = 1.5,
     progress: bool = True,
 ) -> AnnData | None:
     """Predict the expression of every spot from its H&E patch.
@@ -178,6 +181,16 @@ def predict(
         as with ``copy=True``.
     uncertainty
         Also write the spread of the retrieved spots and the out-of-distribution score (see above).
+    smooth
+        Spatial smoothing weight ``α`` in ``[0, 1]``: each spot's prediction becomes
+        ``(1 − α)·own + α·mean of its neighbours`` (spots of the same slide within
+        ``smooth_radius`` spot pitches; pitch: the slide's median nearest-spot distance). ``0``
+        (default): off. The spread and the OOD score stay those of the spot's own retrieval. On
+        her2st C2–C5 (leave one section out, image-feature k-NN) ``α = 0.5`` raised HEG r from
+        0.276 to 0.302 (``benchmarks/her2st_smoothing.py``); it blurs sharp boundaries.
+    smooth_radius
+        Neighbourhood of ``smooth`` in spot pitches (1.5: the 8 nearest on a square grid, the 6
+        nearest on a hexagonal one).
     progress
         Show progress bars.
 
@@ -202,6 +215,7 @@ def predict(
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
     check_int(batch_size, what="predict: `batch_size`")
+    _check_smoothing(smooth, smooth_radius)
     if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"predict: `weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
     dev = resolve_device(device)
@@ -239,6 +253,8 @@ def predict(
     result = _retrieve(
         model, sd, data, obs_names, truth, k, weighting, dev, batch_size, uncertainty, progress
     )
+    if smooth > 0:
+        result = _smoothed(result, sd, float(smooth), float(smooth_radius))
     params = _clean(
         {
             "method": model.method,
@@ -252,11 +268,33 @@ def predict(
             "ood": result.ood is not None,
             "copy": bool(copy),
             "grid_spacing_um": None if grid_spacing_um is None else float(grid_spacing_um),
+            "smooth": float(smooth),
+            "smooth_radius": float(smooth_radius) if smooth > 0 else None,
             "model": _model_summary(model),
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
     return _write_result(data, table, sd, result, key_added, entry(params), copy=copy, sdata_out=sdata_out)
+
+
+def _check_smoothing(smooth: Any, radius: Any) -> None:
+    for value, name in ((smooth, "smooth"), (radius, "smooth_radius")):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise TypeError(f"predict: `{name}` must be a finite number, got {value!r}.")
+    if not 0 <= smooth <= 1:
+        raise ValueError(f"predict: `smooth` must be in [0, 1] (0: off), got {smooth!r}.")
+    if radius <= 0:
+        raise ValueError(f"predict: `smooth_radius` must be > 0 spot pitches, got {radius!r}.")
+
+
+def _smoothed(result: Result, sd, alpha: float, radius: float) -> Result:
+    """The prediction smoothed over the spot graph (:func:`stpredict.tl._smooth.spatial_smooth`)."""
+    from ._smooth import spatial_smooth
+
+    pred = result.prediction
+    values = spatial_smooth(pred.to_numpy(), sd.centers, sd.library_ids, alpha=alpha, radius=radius)
+    logger.info(f"predict: prediction smoothed over neighbours within {radius:g} spot pitches (α={alpha:g})")
+    return replace(result, prediction=pd.DataFrame(values, index=pred.index, columns=pred.columns))
 
 
 def _image_input(model, sd, data) -> Any:
