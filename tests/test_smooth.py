@@ -77,10 +77,10 @@ def test_predict_smooth_writes_the_smoothed_prediction(fitted):
     ("kwargs", "error", "match"),
     [
         ({"smooth": 1.5}, ValueError, r"`smooth` must be in \[0, 1\]"),
-        ({"smooth": -0.1}, ValueError, r"`smooth` must be in \[0, 1\]"),
-        ({"smooth": "a lot"}, TypeError, "`smooth` must be a finite number"),
-        ({"smooth": 0.5, "smooth_radius": 0}, ValueError, "`smooth_radius` must be > 0"),
-        ({"smooth": 0.5, "smooth_radius": float("nan")}, TypeError, "`smooth_radius` must be a finite"),
+        ({"smooth": -0.1}, ValueError, "`smooth` must be a finite non-negative number"),
+        ({"smooth": "a lot"}, TypeError, "`smooth` must be a non-negative number"),
+        ({"smooth": 0.5, "smooth_radius": 0}, ValueError, "`smooth_radius` .* must be a finite positive"),
+        ({"smooth": 0.5, "smooth_radius": float("nan")}, ValueError, "`smooth_radius` .* finite"),
     ],
 )
 def test_predict_smooth_refuses_bad_values(fitted, kwargs, error, match):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from stpredict._constants import WEIGHTINGS, Weighting, ood_key, std_key, truth_key
 from stpredict._logging import logger
-from stpredict._validation import check_int, check_key, is_spatialdata, spatialdata_table
+from stpredict._validation import check_int, check_key, check_number, is_spatialdata, spatialdata_table
 
 from ._fit import last_model, model_expression, resolve_device
 from ._results import (
@@ -215,7 +215,10 @@ def predict(
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
     check_int(batch_size, what="predict: `batch_size`")
-    _check_smoothing(smooth, smooth_radius)
+    smooth = check_number(smooth, what="predict: `smooth`", positive=False)
+    smooth_radius = check_number(smooth_radius, what="predict: `smooth_radius` (spot pitches)")
+    if smooth > 1:
+        raise ValueError(f"predict: `smooth` must be in [0, 1] (0: off), got {smooth!r}.")
     if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"predict: `weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
     dev = resolve_device(device)
@@ -275,16 +278,6 @@ def predict(
         }
     )
     return _write_result(data, table, sd, result, key_added, entry(params), copy=copy, sdata_out=sdata_out)
-
-
-def _check_smoothing(smooth: Any, radius: Any) -> None:
-    for value, name in ((smooth, "smooth"), (radius, "smooth_radius")):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-            raise TypeError(f"predict: `{name}` must be a finite number, got {value!r}.")
-    if not 0 <= smooth <= 1:
-        raise ValueError(f"predict: `smooth` must be in [0, 1] (0: off), got {smooth!r}.")
-    if radius <= 0:
-        raise ValueError(f"predict: `smooth_radius` must be > 0 spot pitches, got {radius!r}.")
 
 
 def _smoothed(result: Result, sd, alpha: float, radius: float) -> Result:
