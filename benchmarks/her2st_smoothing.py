@@ -3,11 +3,11 @@
 Leave one section out. Each held-out spot's k-NN prediction (``stp.baselines.ImageFeatureKNN``,
 k = 50, the baseline's hand-made features) is mixed with the mean prediction of its neighbours
 within ``radius`` spot pitches (pitch: the section's median nearest-spot distance):
-``(1 - alpha) * own + alpha * neighbours``. No expression of the held-out section is used to
-predict; the grid of (radius, alpha) is reported in full, so a chosen setting is a choice made on
-these four training sections. Genes: the union of each section's top-1000 highly variable genes
-among those detected in every section; HEG r: mean Pearson r of the held-out section's top-50
-genes by mean expression.
+``(1 - alpha) * own + alpha * neighbours``, by the function ``stp.tl.predict(..., smooth=)``
+uses. No expression of the held-out section is used to predict; the grid of (radius, alpha) is
+reported in full, so a chosen setting is a choice made on these four training sections. Genes:
+the union of each section's top-1000 highly variable genes among those detected in every
+section; HEG r: mean Pearson r of the held-out section's top-50 genes by mean expression.
 
 Example::
 
@@ -56,22 +56,10 @@ def _heg_r(truth: np.ndarray, pred: np.ndarray, n: int = 50) -> float:
     return float(np.nanmean([np.corrcoef(truth[:, j], pred[:, j])[0, 1] for j in top]))
 
 
-def _smooth(pred: np.ndarray, xy: np.ndarray, radius: float, alpha: float) -> np.ndarray:
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(xy)
-    pitch = float(np.median(tree.query(xy, k=2)[0][:, 1]))
-    out = pred.copy()
-    for i, near in enumerate(tree.query_ball_point(xy, radius * pitch)):
-        near = [j for j in near if j != i]
-        if near:
-            out[i] = (1 - alpha) * pred[i] + alpha * pred[near].mean(0)
-    return out
-
-
 def main() -> None:
     """Print and write the HEG r of every (radius, alpha) per held-out section."""
     import stpredict as stp
+    from stpredict.tl._smooth import spatial_smooth
 
     data = Path(os.environ.get("STPREDICT_SHARED_DATA", REPO.parent / "shared" / "data")) / "her2st"
     adata = load_her2st(data, ["C2", "C3", "C4", "C5"])
@@ -85,7 +73,8 @@ def main() -> None:
         pred = knn.predict(features[test])
         for radius in RADII:
             for alpha in ALPHAS:
-                r = _heg_r(expression[test], _smooth(pred, xy[test], radius, alpha))
+                smoothed = spatial_smooth(pred, xy[test], libraries[test], alpha=alpha, radius=radius)
+                r = _heg_r(expression[test], smoothed)
                 rows.append({"held_out": lib, "radius": radius, "alpha": alpha, "heg_r": r})
     out = REPO / "benchmarks" / "results" / "her2st_smoothing.json"
     out.write_text(json.dumps(rows, indent=1))

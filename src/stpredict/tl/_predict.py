@@ -257,7 +257,7 @@ def predict(
         model, sd, data, obs_names, truth, k, weighting, dev, batch_size, uncertainty, progress
     )
     if smooth > 0:
-        result = _smoothed(result, sd, float(smooth), float(smooth_radius))
+        result = _smoothed(result, sd, smooth, smooth_radius)
     params = _clean(
         {
             "method": model.method,
@@ -271,8 +271,8 @@ def predict(
             "ood": result.ood is not None,
             "copy": bool(copy),
             "grid_spacing_um": None if grid_spacing_um is None else float(grid_spacing_um),
-            "smooth": float(smooth),
-            "smooth_radius": float(smooth_radius) if smooth > 0 else None,
+            "smooth": smooth,
+            "smooth_radius": smooth_radius if smooth > 0 else None,
             "model": _model_summary(model),
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
