@@ -55,7 +55,23 @@ _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
     # ... plus those of a 336 µm context patch around the spot, computed by fit/predict themselves
     ("features:handmade+context_30ep", "features:handmade_30ep", {"image_features": "handmade_context"}),
     ("features:handmade+context_100ep", "features:handmade+context_30ep", {"epochs": 100}),
+    # predictions smoothed over the spot graph (α and radius chosen on the k-NN baseline,
+    # benchmarks/her2st_smoothing.py); applied to every row, baselines included
+    ("features:handmade_30ep+smooth0.5", "features:handmade_30ep", {"smooth": 0.5}),
+    ("features:handmade+context_30ep+smooth0.5", "features:handmade+context_30ep", {"smooth": 0.5}),
+    # every slide's stain matched to the training slides' (features then computed by fit/predict
+    # from the matched pixels: the same 78 numbers when no slide needs matching)
+    (
+        "features:handmade_30ep+stain",
+        "features:handmade_30ep",
+        {"image_features": "handmade", "stain_normalize": True},
+    ),
+    ("features:handmade_30ep+stain+smooth0.5", "features:handmade_30ep+stain", {"smooth": 0.5}),
 ]
+_STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
+
+# keys of a variant that are cross_validate's own options, not tl.fit's
+_CV_KEYS = ("smooth", "smooth_radius")
 
 
 def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -70,6 +86,10 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
             for name, kw in out.items()
         }
     )
+    # the other methods on the best feature recipes
+    for other in ("bleep", "mclstexp"):
+        for name in ("features:handmade_30ep", "features:handmade_30ep+smooth0.5"):
+            table[f"{other} {name}"] = (other, out[name])
     return table
 
 
@@ -87,11 +107,14 @@ def run(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
         method, overrides = VARIANTS[name]
+        cv_options = {key: overrides[key] for key in _CV_KEYS if key in overrides}
+        fit_overrides = {key: v for key, v in overrides.items() if key not in _CV_KEYS}
         for seed in args.seeds:
             start = time.perf_counter()
             res = stp.tl.cross_validate(
                 adata,
-                method={name: (method, overrides)},
+                method={name: (method, fit_overrides)},
+                **cv_options,
                 k=args.k,
                 baselines=tuple(args.baselines) if seed == args.seeds[0] else (),
                 baseline_features=args.baseline_features,
@@ -136,7 +159,10 @@ def report(path: Path) -> str:
     for line in path.read_text().splitlines():
         rec = json.loads(line)
         summary = pd.DataFrame(rec["summary"])
+        smooth = rec["overrides"].get("smooth")
         for label, row in summary.iterrows():
+            if smooth and rec["variant"] not in label:  # a baseline row of a smoothed run
+                label = f"{label} +smooth{smooth:g}"
             rows.append(
                 {"row": label, "seed": rec["seed"], **row.to_dict(), "fit_s": rec["fit_s"].get(label)}
             )

@@ -36,6 +36,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmrcnet_norecon": ("cmrcnet", {"reconstruction": None}),
     "bleep": ("bleep", {}),
     "mclstexp": ("mclstexp", {}),
+    # the same network on the image-kNN baseline's colour/texture features of each patch
+    "cmrcnet_features": ("cmrcnet", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
+    "cmrcnet_features_norecon": (
+        "cmrcnet",
+        {"image_features": "handmade", "epochs": 30, "lr": 1e-3, "reconstruction": None},
+    ),
 }
 
 
@@ -81,6 +87,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_methods: li
     parser.add_argument("--n-folds", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smooth", type=float, default=0.0, help="spatial smoothing of every row (0: off)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--tag", default=None, help="file name stem of the results")
 
@@ -107,6 +114,7 @@ def run_and_report(
         n_top_genes=args.n_top_genes,
         n_folds=args.n_folds,
         seed=args.seed,
+        smooth=args.smooth,
         **fit_kwargs,
     )
     wall = time.perf_counter() - start

@@ -130,6 +130,8 @@ def small():
         ({"k": 0}, ValueError, "k"),
         ({"method": "stnet"}, ValueError, "Unknown method"),
         ({"n_folds": 7}, ValueError, "n_folds"),
+        ({"smooth": 2}, ValueError, r"`smooth` must be in \[0, 1\]"),
+        ({"smooth": 0.5, "smooth_radius": -1}, ValueError, "smooth_radius"),
         ({"genes": ["KRT19"], "preset": "tiny", "copy": True}, TypeError, "copy"),
     ],
 )
@@ -319,6 +321,20 @@ def test_cross_validate_orchestration(small, fake_tools):
     assert row["pearson_r"].item() == pytest.approx(sub["pearson_r"].mean())
     assert res.params["k"] == 7
     assert res.params["fit_kwargs"] == {"preset": "tiny", "epochs": 1}
+
+
+def test_cross_validate_smooth_applies_to_every_row(small, fake_tools):
+    kwargs = {"method": "cmrcnet", "baselines": ("random",), "k": 7, "n_genes": 5, "progress": False}
+    plain = stp.tl.cross_validate(small, **kwargs)
+    # α = 1 over the whole slide: each spot gets the mean of the *other* spots, (S - p) / (n - 1),
+    # a decreasing affine map of its own prediction, so every gene's r flips sign exactly
+    flipped = stp.tl.cross_validate(small, smooth=1.0, smooth_radius=1e6, **kwargs)
+    assert list(flipped.summary.index) == ["cmrcnet", "random"]
+    assert np.allclose(flipped.per_gene["pearson_r"], -plain.per_gene["pearson_r"], atol=1e-4)
+    assert flipped.params["smooth"] == 1.0
+    assert flipped.params["smooth_radius"] == 1e6
+    assert plain.params["smooth"] == 0.0
+    assert plain.params["smooth_radius"] is None
 
 
 def test_cross_validate_explicit_genes_and_n_folds(small, fake_tools):

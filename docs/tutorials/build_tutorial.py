@@ -209,7 +209,8 @@ def execute(nb: nbf.NotebookNode, cwd: Path) -> None:
     """Run every cell in a fresh kernel (nbclient, installed with the ``doc`` extra)."""
     from nbclient import NotebookClient
 
-    NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    resources = {"metadata": {"path": str(cwd)}}
+    NotebookClient(nb, timeout=1800, kernel_name="python3", resources=resources).execute()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -145,6 +145,13 @@ def check_int(value: Any, *, what: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_flag(value: Any, *, what: str) -> bool:
+    """``True`` or ``False`` (numpy booleans too)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{what} must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_number(value: Any, *, what: str, positive: bool = True) -> float:
     """A finite number, ``> 0`` (``positive``) or ``>= 0``."""
     kind = "positive" if positive else "non-negative"
@@ -153,6 +160,27 @@ def check_number(value: Any, *, what: str, positive: bool = True) -> float:
     if not np.isfinite(value) or (value <= 0 if positive else value < 0):
         raise ValueError(f"{what} must be a finite {kind} number, got {value!r}.")
     return float(value)
+
+
+def check_smoothing(smooth: Any, radius: Any, *, what: str) -> tuple[float, float]:
+    """Spatial smoothing options: a weight ``smooth`` in ``[0, 1]`` and a positive ``radius``."""
+    alpha = check_number(smooth, what=f"{what}: `smooth`", positive=False)
+    if alpha > 1:
+        raise ValueError(f"{what}: `smooth` must be in [0, 1] (0: off), got {smooth!r}.")
+    return alpha, check_number(radius, what=f"{what}: `smooth_radius` (spot pitches)")
+
+
+def check_stain_stats(value: Any, *, what: str) -> np.ndarray:
+    """Stain statistics: finite ``(2, 3)`` numbers (mean and positive std of H, E, D), as float32."""
+    try:
+        stats = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be 2 x 3 numbers (mean, std of H, E, D), got {value!r}.") from None
+    if stats.shape != (2, 3) or not np.isfinite(stats).all() or (stats[1] <= 0).any():
+        raise ValueError(
+            f"{what} must be finite 2 x 3 numbers (mean, positive std of H, E, D), got {stats.tolist()}."
+        )
+    return stats
 
 
 def check_k(k: Any, n_reference: int, *, what: str = "k") -> int:

@@ -199,6 +199,7 @@ _FIT_FLAGS = {
     "pretrained": "pretrained",
     "weights_path": "weights_path",
     "freeze_backbone": "freeze_backbone",
+    "stain_normalize": "stain_normalize",
 }
 _FIT_ONLY_FLAGS = (
     "batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction",
@@ -210,7 +211,8 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keywords of :func:`stpredict.tl.fit` from the parsed flags (unset flags are left out)."""
     names = {**_FIT_FLAGS, **{name: name for name in _FIT_ONLY_FLAGS}}
     options = {kw: getattr(args, attr) for attr, kw in names.items() if getattr(args, attr, None) is not None}
-    for flag in ("pretrained", "freeze_backbone"):  # store_true flags: only passed when given
+    # store_true flags: only passed when given
+    for flag in ("pretrained", "freeze_backbone", "stain_normalize"):
         if not options.get(flag):
             options.pop(flag, None)
     return options
@@ -343,6 +345,11 @@ def _parser() -> argparse.ArgumentParser:
             "--freeze-backbone",
             action="store_true",
             help="keep the backbone fixed: embed each patch once, train only the heads",
+        )
+        p.add_argument(
+            "--stain-normalize",
+            action="store_true",
+            help="match every slide's H&E stain statistics to the training slides' (train and predict)",
         )
 
     p = sub.add_parser(

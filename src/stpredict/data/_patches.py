@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -9,6 +10,8 @@ from typing import Any, Literal
 import numpy as np
 
 from stpredict._validation import check_image, check_positive
+
+from ._stain import match_stain
 
 # Lazy images are read in horizontal bands of at most this many pixels (~200 MB as RGB uint8).
 _BAND_PIXELS = 64_000_000
@@ -30,16 +33,29 @@ class SlideImage:
         Micrometres per pixel along x and y (may differ: non-square pixels).
     name
         Where the image came from (for messages).
+    stain_map
+        ``(source, target)`` stain statistics (:func:`stpredict.data._stain.match_stain`): every
+        patch cut from the image is stain-matched from one to the other. ``None``: as scanned.
     """
 
     array: Any
     um_per_px: tuple[float, float]
     name: str | None = None
+    stain_map: tuple[np.ndarray, np.ndarray] | None = None  # (source, target) of match_stain
 
     def __post_init__(self):
         check_image(self.array, what=f"image {self.name!r}" if self.name else "image")
         ux, uy = (check_positive(v, what="SlideImage.um_per_px") for v in self.um_per_px)
         object.__setattr__(self, "um_per_px", (ux, uy))
+
+    def with_stain_map(self, source: np.ndarray, target: np.ndarray) -> SlideImage:
+        """The same image, its patches stain-matched from ``source`` to ``target`` statistics."""
+        stats = np.asarray(source, np.float32).reshape(2, 3), np.asarray(target, np.float32).reshape(2, 3)
+        return dataclasses.replace(self, stain_map=stats)
+
+    def without_stain_map(self) -> SlideImage:
+        """The same image, patches as scanned."""
+        return dataclasses.replace(self, stain_map=None)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -197,7 +213,8 @@ def extract_image_patches(
                 region = _crop(source, offset, (h, w), box)
                 fbox = (fx0[i] - box[0], fy0[i] - box[1], fx0[i] - box[0] + wx, fy0[i] - box[1] + wy)
                 pil = Image.fromarray(region).resize((size, size), filters[resample], box=fbox)
-                out[i] = np.asarray(pil)
+                patch = np.asarray(pil)
+                out[i] = patch if image.stain_map is None else match_stain(patch, *image.stain_map)
                 bar.update()
     return out
 

@@ -9,16 +9,15 @@ import torch.nn.functional as F
 
 __all__ = ["soft_clip_loss", "info_nce_loss", "reconstruction_loss", "cmrcnet_total_loss"]
 
+Reduction = Literal["none", "mean"]
+
 
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
 
 
 def soft_clip_loss(
-    expr_emb: torch.Tensor,
-    img_emb: torch.Tensor,
-    temperature: float = 1.0,
-    reduction: Literal["none", "mean"] = "none",
+    expr_emb: torch.Tensor, img_emb: torch.Tensor, temperature: float = 1.0, reduction: Reduction = "none"
 ) -> torch.Tensor:
     """BLEEP's soft-target contrastive loss (also CMRCNet's contrastive term).
 
@@ -56,10 +55,7 @@ def soft_clip_loss(
 
 
 def info_nce_loss(
-    img_emb: torch.Tensor,
-    expr_emb: torch.Tensor,
-    temperature: float = 1.0,
-    reduction: Literal["none", "mean"] = "mean",
+    img_emb: torch.Tensor, expr_emb: torch.Tensor, temperature: float = 1.0, reduction: Reduction = "mean"
 ) -> torch.Tensor:
     """Symmetric InfoNCE (mclSTExp): cross-entropy against the identity in both directions.
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from stpredict._constants import IMAGENET_MEAN, IMAGENET_STD, Weighting
+from stpredict._validation import check_stain_stats
 from stpredict.train import LoopSettings
 
 __all__ = ["Normalization", "PatchSpec", "Preset", "ReferenceBank", "RetrievalSpec", "TrainingSpec"]
@@ -106,8 +107,12 @@ class PatchSpec(_Fields):
 
     ``patch_size_um`` of tissue resized to ``size`` px and normalised by ``mean``/``std``;
     ``tta`` averages the embeddings of the 8 flips/rotations; ``features`` names precomputed
-    features used instead of pixels.
+    features used instead of pixels; ``stain_target`` (``fit(stain_normalize=True)``) holds the
+    training slides' mean and std of the H, E, D concentrations that every slide's patches are
+    matched to.
     """
+
+    _optional: ClassVar[tuple[str, ...]] = ("stain_target",)
 
     size: int
     patch_size_um: float = 112.0
@@ -115,6 +120,12 @@ class PatchSpec(_Fields):
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     tta: bool = False
     features: str | None = None
+    stain_target: list[list[float]] | None = None
+
+    def __post_init__(self):
+        if self.stain_target is not None:
+            stats = check_stain_stats(self.stain_target, what="PatchSpec.stain_target")
+            self.stain_target = stats.tolist()
 
 
 @dataclass(eq=False)

@@ -38,12 +38,12 @@ def uncertainty_map(
     key: str = DEFAULT_KEY,
     library_id: str | None = None,
     library_key: str | None = "library_id",
-    img: bool = True,
-    img_key: str | None = None,
-    spot_size: float | None = None,
     cmap: str | Any = "viridis",
     spread_cmap: str | Any = "magma",
     ood_cmap: str | Any = "coolwarm",
+    img: bool = True,
+    img_key: str | None = None,
+    spot_size: float | None = None,
     panel_size: tuple[float, float] = (3.5, 3.5),
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
@@ -64,10 +64,12 @@ def uncertainty_map(
         One gene or several.
     key
         Key the predictions were written under.
-    library_id, library_key, img, img_key, spot_size, panel_size, ax, show, save
+    library_id, library_key
         As in :func:`stpredict.pl.expression_map`.
     cmap, spread_cmap, ood_cmap
         Colour maps of the prediction, the spread and the OOD score.
+    img, img_key, spot_size, panel_size, ax, show, save
+        As in :func:`stpredict.pl.expression_map`.
 
     {returns_figure}
 

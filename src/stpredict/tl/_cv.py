@@ -12,7 +12,7 @@ import pandas as pd
 
 from stpredict._constants import GENE_SETS
 from stpredict._logging import logger
-from stpredict._validation import check_int, check_not_set, check_obs_column
+from stpredict._validation import check_int, check_not_set, check_obs_column, check_smoothing
 
 from ._runners import _KEY, BASELINES, Fold, MethodRunner, Runner
 
@@ -310,6 +310,8 @@ def cross_validate(
     genes: Sequence[str] | None = None,
     n_top_genes: int = 1000,
     seed: int = 0,
+    smooth: float = 0.0,
+    smooth_radius: float = 1.5,
     keep_models: bool = False,
     progress: bool = True,
     **fit_kwargs: Any,
@@ -372,6 +374,11 @@ def cross_validate(
         HVGs per slide for the gene selection.
     seed
         Seed of fold assignment, training (``fit(seed=...)``) and the random baseline.
+    smooth, smooth_radius
+        Spatial smoothing of every row's predictions (methods, oracle and baselines alike), as
+        ``stp.tl.predict(..., smooth=, smooth_radius=)`` does: each held-out spot's prediction
+        becomes ``(1 - smooth) * own + smooth * mean of its neighbours`` within ``smooth_radius``
+        spot pitches on its slide. ``0``: off.
     keep_models
         Keep the fitted models in ``result.models`` (memory!).
     progress
@@ -406,6 +413,7 @@ def cross_validate(
     check_obs_column(data, groups, what="groups")
     check_obs_column(data, library_key, what="library_key")
     check_int(k, what="cross_validate: `k`")
+    smooth, smooth_radius = check_smoothing(smooth, smooth_radius, what="cross_validate")
     check_not_set(fit_kwargs, ("genes", "method", "seed", "progress", "copy"), what="cross_validate")
     methods = _parse_methods(method)
     baseline_names = _parse_baselines(baselines)
@@ -434,6 +442,7 @@ def cross_validate(
         fold = Fold(
             index, held_out, _subset(data, ~test_mask, library_key), _subset(data, test_mask, library_key),
             k=int(k), seed=seed, library_key=library_key, spot_kwargs=spot_kwargs,
+            smooth=smooth, smooth_radius=smooth_radius,
         )  # fmt: skip
         table, times = _run_fold(fold, runners, sets, n_genes)
         tables.append(table)
@@ -452,6 +461,8 @@ def cross_validate(
         "n_genes": int(n_genes),
         "n_top_genes": int(n_top_genes),
         "seed": seed,
+        "smooth": smooth,
+        "smooth_radius": smooth_radius if smooth > 0 else None,
         "fit_kwargs": {
             key: (v if isinstance(v, str | int | float | bool | None) else repr(v))
             for key, v in fit_kwargs.items()
@@ -539,7 +550,7 @@ def _run_fold(
     tables, timings = [], []
     for runner in runners:
         for pred in runner.fit_predict(fold):
-            result = _arrays_adata(pred.values, fold.truth, fold.libraries)
+            result = _arrays_adata(fold.smoothed(pred.values), fold.truth, fold.libraries)
             tables.append(_evaluate(result, sets, n_genes, pred.label, fold.index))
             timings.append(
                 {"method": pred.label, "fold": fold.index, "fit_s": pred.fit_s, "predict_s": pred.predict_s}

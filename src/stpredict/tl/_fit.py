@@ -11,7 +11,7 @@ import numpy as np
 
 from stpredict._logging import logger
 from stpredict._settings import settings
-from stpredict._validation import check_image_input, check_int, check_number, check_some_counts
+from stpredict._validation import check_flag, check_image_input, check_int, check_number, check_some_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -124,6 +124,7 @@ def fit(
     weight_decay: float | None = None,
     image_size: int | None = None,
     patch_size_um: float = 112.0,
+    stain_normalize: bool = False,
     val_fraction: float = 0.2,
     stain_jitter: float | None = None,
     translate: float | None = None,
@@ -185,6 +186,12 @@ def fit(
         Side (px) of the patches fed to the network; ``None`` takes the preset's value.
     patch_size_um
         Physical side of a patch (µm) around each spot centre.
+    stain_normalize
+        Match each slide's stain to the training slides': the mean and std of its haematoxylin,
+        eosin and DAB concentrations (colour deconvolution, over the tissue pixels of up to 256
+        spot patches) are mapped to the training slides' average (Reinhard-style, in HED space),
+        at fit and, with the statistics stored in the model, at predict. Guards against a slide
+        stained or scanned differently (``docs/her2st.md`` measures it); off by default.
     val_fraction
         Share of spots held out for validation, chosen at random with ``seed``; ``0`` trains on
         every spot and picks the epoch with the lowest training loss.
@@ -264,7 +271,7 @@ def fit(
         freeze_backbone=freeze_backbone,
         image_features=image_features, seed=seed, num_workers=num_workers, resume=resume,
         checkpoint_dir=checkpoint_dir, n_top_genes=n_top_genes, patch_size_um=patch_size_um,
-        library_key=library_key, stream=stream, progress=progress,
+        library_key=library_key, stream=stream, progress=progress, stain_normalize=stain_normalize,
         overrides={
             "epochs": _optional(check_int, epochs, "epochs"),
             "batch_size": _optional(check_int, batch_size, "batch_size"),
@@ -274,11 +281,11 @@ def fit(
             "tta": tta, "select_epoch": select_epoch,
         },
     )  # fmt: skip
-    sd, expr, features = _training_data(plan, data, genes, table_key=table_key, layer=layer)
+    sd, expr, features, stain = _training_data(plan, data, genes, table_key=table_key, layer=layer)
     module, recipe = _network_and_recipe(plan, expr, features)
     parts = _datasets(plan, sd, expr, module, recipe, features)
     result = _train(plan, module, recipe, parts, sd, expr)
-    model = _fitted_model(plan, module, sd, expr, recipe, result, parts)
+    model = _fitted_model(plan, module, sd, expr, recipe, result, parts, stain)
     _LAST_MODEL["model"] = model
     logger.info(
         f"fit: done; reference bank of {len(sd.obs_names)} spots, "
@@ -307,6 +314,7 @@ class _FitPlan:
     library_key: str
     stream: bool | None
     progress: bool
+    stain_normalize: bool
     overrides: dict[str, Any]
 
 
@@ -335,24 +343,39 @@ def _plan(
         patch_size_um=_optional(check_number, options["patch_size_um"], "patch_size_um"),
         image_features=options["image_features"], freeze_backbone=bool(options["freeze_backbone"]),
         library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
+        stain_normalize=check_flag(options["stain_normalize"], what="fit: `stain_normalize`"),
         overrides=options["overrides"],
     )  # fmt: skip
 
 
 def _training_data(plan: _FitPlan, data, genes, *, table_key, layer):
-    """Step 2: the spots, the chosen genes' normalised expression, precomputed features if any."""
+    """Step 2: the spots, their expression, precomputed features, the stain target if any.
+
+    With ``stain_normalize`` the spots' patches are read stain-matched to the target.
+    """
     from stpredict.data import SpotData
+    from stpredict.data._features import HANDMADE
+    from stpredict.data._stain import stain_matched, stain_target
 
     sd = SpotData.from_object(
         data, library_key=plan.library_key, table_key=table_key, layer=layer, require_expression=True
     )
+    stain = stain_target(sd, patch_size_um=plan.patch_size_um) if plan.stain_normalize else None
+    if stain is not None:
+        sd = stain_matched(sd, stain, patch_size_um=plan.patch_size_um)
+        logger.info(f"fit: stain of {len(sd.libraries)} slide(s) matched to their mean HED statistics")
+        if plan.image_features is not None and plan.image_features not in HANDMADE:
+            logger.warning(
+                f"fit: `stain_normalize` does not change the precomputed features "
+                f"{plan.image_features!r} (only patches cut by stpredict are matched)."
+            )
     expr = _expression(sd, genes, plan.n_top_genes, plan.library_key)
     features = (
         None
         if plan.image_features is None
         else _read_features(sd, plan.image_features, data, plan.config, plan.patch_size_um)
     )
-    return sd, expr, features
+    return sd, expr, features, stain
 
 
 def _network_and_recipe(plan: _FitPlan, expr: _Expression, features: np.ndarray | None):
@@ -400,6 +423,7 @@ def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
         "target_sum": expr.target_sum,
         "patch_size_um": plan.patch_size_um,
         "image_features": plan.image_features,
+        "stain_normalize": plan.stain_normalize,
         "image_size": recipe.image_size,
         "recipe": recipe.fingerprint(),
         "n_spots": len(sd.obs_names),
@@ -533,7 +557,9 @@ def _restore_best(module, result, epochs: int, checkpoint_dir) -> None:
         )
 
 
-def _fitted_model(plan: _FitPlan, module, sd, expr: _Expression, recipe, result, parts) -> STPredictModel:
+def _fitted_model(
+    plan: _FitPlan, module, sd, expr: _Expression, recipe, result, parts, stain: np.ndarray | None
+) -> STPredictModel:
     """Step 6: the :class:`STPredictModel` with its reference bank of every spot."""
     from stpredict.models import STPredictModel
 
@@ -547,6 +573,7 @@ def _fitted_model(plan: _FitPlan, module, sd, expr: _Expression, recipe, result,
             "size": recipe.image_size,
             "tta": recipe.tta,
             "features": plan.image_features,
+            "stain_target": None if stain is None else stain.tolist(),
         },
         history=result.history,
         training={

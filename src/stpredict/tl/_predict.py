@@ -12,7 +12,7 @@ import pandas as pd
 
 from stpredict._constants import WEIGHTINGS, Weighting, ood_key, std_key, truth_key
 from stpredict._logging import logger
-from stpredict._validation import check_int, check_key, check_number, is_spatialdata, spatialdata_table
+from stpredict._validation import check_int, check_key, check_smoothing, is_spatialdata, spatialdata_table
 
 from ._fit import last_model, model_expression, resolve_device
 from ._results import (
@@ -120,7 +120,8 @@ def predict(
     embedded by the model's image encoder; the ``k`` reference-bank spots whose expression
     embeddings are most cosine-similar are retrieved (:func:`stpredict.retrieval.retrieve`) and
     their normalised expression is averaged (``weighting``). Works on slides with or without
-    measured expression.
+    measured expression. A model fitted with ``stain_normalize=True`` first matches each slide's
+    stain statistics to its training slides' (``model.patch["stain_target"]``).
 
     Results (see the design page, "Writing results"):
 
@@ -215,10 +216,7 @@ def predict(
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
     check_int(batch_size, what="predict: `batch_size`")
-    smooth = check_number(smooth, what="predict: `smooth`", positive=False)
-    smooth_radius = check_number(smooth_radius, what="predict: `smooth_radius` (spot pitches)")
-    if smooth > 1:
-        raise ValueError(f"predict: `smooth` must be in [0, 1] (0: off), got {smooth!r}.")
+    smooth, smooth_radius = check_smoothing(smooth, smooth_radius, what="predict")
     if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"predict: `weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
     dev = resolve_device(device)
@@ -292,6 +290,12 @@ def _smoothed(result: Result, sd, alpha: float, radius: float) -> Result:
 
 def _image_input(model, sd, data) -> Any:
     """The spots' patches, or their precomputed features for a model fitted with ``image_features``."""
+    if model.patch.stain_target is not None:
+        from stpredict.data._stain import stain_matched
+
+        target = np.asarray(model.patch.stain_target, np.float32)
+        sd = stain_matched(sd, target, patch_size_um=model.patch.patch_size_um)
+        logger.info(f"predict: stain of {len(sd.libraries)} slide(s) matched to the model's training slides")
     key = model.patch.features
     if key:
         from stpredict.data._features import spot_features

@@ -13,6 +13,7 @@ import numpy as np
 
 from stpredict._constants import WEIGHTINGS, SelectEpoch, Weighting
 from stpredict._logging import logger
+from stpredict._validation import check_flag
 
 __all__ = ["DataParts", "Recipe", "build_datasets", "retrieval_score"]
 
@@ -118,9 +119,7 @@ def _fraction(value: Any, name: str, *, upper: float) -> float:
 
 
 def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"fit: `{name}` must be True or False, got {value!r}.")
-    return bool(value)
+    return check_flag(value, what=f"fit: `{name}`")
 
 
 def _choice(value: Any, name: str, choices: tuple[str, ...]) -> Any:

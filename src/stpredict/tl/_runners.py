@@ -41,6 +41,8 @@ class Fold:
     seed: int
     library_key: str
     spot_kwargs: dict[str, Any] = field(default_factory=dict)
+    smooth: float = 0.0  # α of the spatial smoothing applied to every prediction (0: off)
+    smooth_radius: float = 1.5
     observed: pd.DataFrame | None = None  # set by the first method (see truth)
     slides: pd.Series | None = None
     first_model: STPredictModel | None = None
@@ -83,11 +85,24 @@ class Fold:
 
     def grid_coords(self) -> np.ndarray:
         """Grid coordinates of the held-out spots, in the order of ``truth``."""
+        return self._held_out_spots("grid_coords")
+
+    def smoothed(self, values: np.ndarray) -> np.ndarray:
+        """``values`` of the held-out spots smoothed over their spot graph (unchanged when off)."""
+        if self.smooth <= 0:
+            return values
+        from ._smooth import spatial_smooth
+
+        centers, libraries = self._held_out_spots("centers"), self.libraries.to_numpy()
+        return spatial_smooth(values, centers, libraries, alpha=self.smooth, radius=self.smooth_radius)
+
+    def _held_out_spots(self, attribute: str) -> np.ndarray:
+        """A per-spot array of the held-out slides' :class:`~stpredict.data.SpotData`, rows as ``truth``."""
         from stpredict.data import SpotData
 
         sd = SpotData.from_object(self.test, library_key=self.library_key, **self.spot_kwargs)
-        coords = pd.DataFrame(sd.grid_coords, index=sd.obs_names.astype(str))
-        return coords.reindex(self.truth.index.astype(str)).to_numpy()
+        values = pd.DataFrame(getattr(sd, attribute), index=sd.obs_names.astype(str))
+        return values.reindex(self.truth.index.astype(str)).to_numpy()
 
 
 @dataclass
