@@ -8,7 +8,14 @@ from _builders import synthetic_split
 
 import stpredict as stp
 from stpredict.data import SpotData
-from stpredict.data._stain import hed_shift, match_stain, stain_matched, stain_stats, stain_target
+from stpredict.data._stain import (
+    hed_shift,
+    match_stain,
+    slide_stain_stats,
+    stain_matched,
+    stain_stats,
+    stain_target,
+)
 
 SHIFT = {"scale": (1.3, 0.7, 1.0), "shift": (0.05, -0.05, 0.0)}
 
@@ -64,7 +71,7 @@ def test_stain_matched_spots_read_matched_patches_streamed_or_not():
     adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=10, seed=0)
     moved = _shifted(adata, "slide1")
     sd, sd_moved = SpotData.from_object(adata), SpotData.from_object(moved)
-    target = stain_target(sd, patch_size_um=100.0)
+    target = stain_target(slide_stain_stats(sd, patch_size_um=100.0))
     assert target.shape == (2, 3)
     plain = sd.extract_patches(patch_size_um=100.0, size=32, progress=False)
     raw_moved = sd_moved.extract_patches(patch_size_um=100.0, size=32, progress=False)

@@ -144,19 +144,21 @@ def slide_stain_stats(sd: SpotData, *, patch_size_um: float, seed: int = 0) -> d
     return out
 
 
-def stain_target(sd: SpotData, *, patch_size_um: float) -> np.ndarray:
+def stain_target(stats: dict[str, np.ndarray]) -> np.ndarray:
     """The training slides' common stain statistics: the mean of their :func:`slide_stain_stats`."""
-    stats = slide_stain_stats(sd, patch_size_um=patch_size_um)
     return np.mean(np.stack(list(stats.values())), axis=0).astype(np.float32)
 
 
-def stain_matched(sd: SpotData, target: np.ndarray, *, patch_size_um: float) -> SpotData:
+def stain_matched(
+    sd: SpotData, target: np.ndarray, *, patch_size_um: float, stats: dict[str, np.ndarray] | None = None
+) -> SpotData:
     """A copy of ``sd`` whose patches are read stain-matched to ``target``, slide by slide.
 
-    Each slide's own statistics (:func:`slide_stain_stats`) are mapped to ``target``
-    (:func:`match_stain`) whenever a patch is cut, streamed or in memory alike.
+    Each slide's own statistics (``stats``, default :func:`slide_stain_stats`) are mapped to
+    ``target`` (:func:`match_stain`) whenever a patch is cut, streamed or in memory alike.
     """
-    stats = slide_stain_stats(sd, patch_size_um=patch_size_um)
+    if stats is None:
+        stats = slide_stain_stats(sd, patch_size_um=patch_size_um)
     out = sd.subset(np.arange(sd.n_obs))
     out.images = {lib: image.with_stain_map(stats[lib], target) for lib, image in out.images.items()}
     return out

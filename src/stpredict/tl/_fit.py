@@ -355,14 +355,16 @@ def _training_data(plan: _FitPlan, data, genes, *, table_key, layer):
     """
     from stpredict.data import SpotData
     from stpredict.data._features import HANDMADE
-    from stpredict.data._stain import stain_matched, stain_target
+    from stpredict.data._stain import slide_stain_stats, stain_matched, stain_target
 
     sd = SpotData.from_object(
         data, library_key=plan.library_key, table_key=table_key, layer=layer, require_expression=True
     )
-    stain = stain_target(sd, patch_size_um=plan.patch_size_um) if plan.stain_normalize else None
-    if stain is not None:
-        sd = stain_matched(sd, stain, patch_size_um=plan.patch_size_um)
+    stain = None
+    if plan.stain_normalize:  # each slide's statistics, read once: the target is their mean
+        stats = slide_stain_stats(sd, patch_size_um=plan.patch_size_um)
+        stain = stain_target(stats)
+        sd = stain_matched(sd, stain, patch_size_um=plan.patch_size_um, stats=stats)
         logger.info(f"fit: stain of {len(sd.libraries)} slide(s) matched to their mean HED statistics")
         if plan.image_features is not None and plan.image_features not in HANDMADE:
             logger.warning(
