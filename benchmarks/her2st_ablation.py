@@ -67,11 +67,20 @@ _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
         {"image_features": "handmade", "stain_normalize": True},
     ),
     ("features:handmade_30ep+stain+smooth0.5", "features:handmade_30ep+stain", {"smooth": 0.5}),
+    # the k neighbours weighted by exp(cosine / τ) instead of a plain mean
+    *(
+        (
+            f"features:handmade_30ep+stain+smooth0.5+softmax{t:g}",
+            "features:handmade_30ep+stain+smooth0.5",
+            {"weighting": "softmax", "temperature": t},
+        )
+        for t in (0.03, 0.1)
+    ),
 ]
 _STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
 
 # keys of a variant that are cross_validate's own options, not tl.fit's
-_CV_KEYS = ("smooth", "smooth_radius")
+_CV_KEYS = ("smooth", "smooth_radius", "weighting", "temperature")
 
 
 def _variants() -> dict[str, tuple[str, dict[str, Any]]]:

@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "cmrcnet",
         {"image_features": "handmade", "epochs": 30, "lr": 1e-3, "reconstruction": None},
     ),
+    "bleep_features": ("bleep", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
+    "mclstexp_features": ("mclstexp", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
 }
 
 

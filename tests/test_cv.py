@@ -132,6 +132,7 @@ def small():
         ({"n_folds": 7}, ValueError, "n_folds"),
         ({"smooth": 2}, ValueError, r"`smooth` must be in \[0, 1\]"),
         ({"smooth": 0.5, "smooth_radius": -1}, ValueError, "smooth_radius"),
+        ({"weighting": "softmax", "temperature": 0}, ValueError, "`temperature` must be a finite positive"),
         ({"genes": ["KRT19"], "preset": "tiny", "copy": True}, TypeError, "copy"),
     ],
 )
@@ -266,7 +267,13 @@ def fake_tools(monkeypatch):
 
     def fake_predict(test, model, *, k, weighting, copy, key_added, progress, library_key, **kwargs):
         assert copy
-        calls["predict"].append({"k": k, "slides": sorted(test.obs["library_id"].unique())})
+        calls["predict"].append(
+            {
+                "k": k,
+                "slides": sorted(test.obs["library_id"].unique()),
+                "temperature": kwargs.get("temperature"),
+            }
+        )
         truth = _lognorm(test, model.genes)
         rng = np.random.default_rng(0)
         out = ad.AnnData(
@@ -335,6 +342,15 @@ def test_cross_validate_smooth_applies_to_every_row(small, fake_tools):
     assert flipped.params["smooth_radius"] == 1e6
     assert plain.params["smooth"] == 0.0
     assert plain.params["smooth_radius"] is None
+
+
+def test_cross_validate_passes_the_softmax_temperature(small, fake_tools):
+    res = stp.tl.cross_validate(
+        small, method="cmrcnet", baselines=(), k=7, n_genes=5, weighting="softmax", temperature=0.1,
+        progress=False,
+    )  # fmt: skip
+    assert [c["temperature"] for c in fake_tools["predict"]] == [0.1] * 3
+    assert res.params["temperature"] == 0.1
 
 
 def test_cross_validate_explicit_genes_and_n_folds(small, fake_tools):

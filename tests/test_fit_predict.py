@@ -356,3 +356,26 @@ def test_learned_model_beats_random_retrieval():
 EPOCHS_SLOW = 10
 K_SLOW = 10
 MARGIN_SLOW = 0.08
+
+
+def test_softmax_temperature(slides, model):
+    """A small τ tends to the nearest neighbour, a large one to the plain mean of the k."""
+    test = slides[1]
+
+    def pred(**kw):
+        out = stp.tl.predict(test, model, copy=True, progress=False, uncertainty=False, **kw)
+        return out.X, out.uns["stpredict"]["params"]
+
+    nearest, _ = pred(k=1)
+    mean, _ = pred(k=10, weighting="mean")
+    sharp, params = pred(k=10, weighting="softmax", temperature=1e-4)
+    assert params["temperature"] == pytest.approx(1e-4)
+    np.testing.assert_allclose(sharp, nearest, atol=1e-4)
+    flat, _ = pred(k=10, weighting="softmax", temperature=1e4)
+    np.testing.assert_allclose(flat, mean, atol=1e-4)
+    default, params = pred(k=10, weighting="softmax")
+    assert params["temperature"] == 1.0
+    assert not np.allclose(default, sharp)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="predict: `temperature` must be a finite positive number"):
+            stp.tl.predict(test.copy(), model, weighting="softmax", temperature=bad, progress=False)

@@ -22,6 +22,9 @@ class Settings:
         Default random seed for training and data splits.
     num_workers
         Default number of data-loading worker processes (``0`` loads in the main process).
+    tile_cache_mb
+        MiB of decoded tiles of chunked (zarr / dask) slide images kept per process, so that
+        neighbouring patches decode a tile once (``0``: off; each DataLoader worker has its own).
     datasetdir
         Cache folder for downloaded datasets. Defaults to ``$STPREDICT_DATA_DIR`` or the
         platform cache (``pooch.os_cache("stpredict")``).
@@ -38,6 +41,7 @@ class Settings:
         self.device: str = "auto"
         self.seed: int = 0
         self.num_workers: int = 0
+        self.tile_cache_mb: float = 256
         self._datasetdir: Path | None = None
         self._datasets_url: str | None = None
         self._max_epochs: int | None = None

@@ -200,10 +200,11 @@ _FIT_FLAGS = {
     "weights_path": "weights_path",
     "freeze_backbone": "freeze_backbone",
     "stain_normalize": "stain_normalize",
+    "compile": "compile",
 }
 _FIT_ONLY_FLAGS = (
     "batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction",
-    "image_features",
+    "image_features", "patch_cache",
 )  # fmt: skip
 
 
@@ -212,7 +213,7 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     names = {**_FIT_FLAGS, **{name: name for name in _FIT_ONLY_FLAGS}}
     options = {kw: getattr(args, attr) for attr, kw in names.items() if getattr(args, attr, None) is not None}
     # store_true flags: only passed when given
-    for flag in ("pretrained", "freeze_backbone", "stain_normalize"):
+    for flag in ("pretrained", "freeze_backbone", "stain_normalize", "compile"):
         if not options.get(flag):
             options.pop(flag, None)
     return options
@@ -351,6 +352,9 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="match every slide's H&E stain statistics to the training slides' (train and predict)",
         )
+        p.add_argument(
+            "--compile", action="store_true", help="train the network compiled with torch.compile (GPU)"
+        )
 
     p = sub.add_parser(
         "demo",
@@ -380,6 +384,11 @@ def _parser() -> argparse.ArgumentParser:
         "--image-features",
         default=None,
         help="train on precomputed patch embeddings: an obsm key (or SpatialData table) instead of pixels",
+    )
+    p.add_argument(
+        "--patch-cache",
+        default=None,
+        help="folder for an on-disk (zarr) cache of the training patches, cut once and read every epoch",
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint after every epoch")

@@ -80,13 +80,16 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Tensors moved without blocking (pinned memory); 4-D ones in NHWC order with ``channels_last``."""
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.ndim == 4:
+            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
     if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(_to_device(v, device, channels_last) for v in batch)
     return batch
 
 
@@ -140,22 +143,36 @@ class LoopSettings:
             raise ValueError(f"weight_decay must be >= 0, got {decay!r}.")
 
 
+# how a run executes, not what it computes: a resume may change them
+_EXECUTION = ("num_workers", "channels_last", "compile")
+
+
 @dataclass(frozen=True)
 class TrainConfig(LoopSettings):
-    """The settings of one :func:`train_module` run: the loop's, its seed and data workers."""
+    """The settings of one :func:`train_module` run: the loop's, its seed and how it executes.
+
+    ``channels_last`` (``None``: on CUDA) stores 4-D images and the module's convolution weights
+    in NHWC order; ``compile`` wraps the module in :func:`torch.compile`.
+    """
 
     seed: int = 0
     num_workers: int = 0
+    channels_last: bool | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         workers = self.num_workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"num_workers must be a non-negative integer, got {workers!r}.")
+        if self.channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be True, False or None, got {self.channels_last!r}.")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}.")
 
     def recorded(self, n_train: int, n_val: int | None) -> dict[str, Any]:
-        """What a checkpoint records (and a resume must match); ``num_workers`` may change."""
-        entries = {k: v for k, v in asdict(self).items() if k != "num_workers"}
+        """What a checkpoint records (and a resume must match); the execution options may change."""
+        entries = {k: v for k, v in asdict(self).items() if k not in _EXECUTION}
         return _jsonable({**entries, "n_train": n_train, "n_val": n_val})
 
     def optimiser(self, module: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -264,9 +281,13 @@ def make_loader(
     batch_sampler: Iterable[Sequence[int]] | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    persistent_workers: bool = False,
     seed: int | None = None,
 ) -> torch.utils.data.DataLoader:
-    """The one DataLoader builder of training and validation (a ``batch_sampler`` replaces batching)."""
+    """The one DataLoader builder of training and validation (a ``batch_sampler`` replaces batching).
+
+    ``persistent_workers`` keeps the worker processes between epochs (only with workers).
+    """
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     batching: dict[str, Any] = (
         {"batch_sampler": batch_sampler}
@@ -274,8 +295,9 @@ def make_loader(
         else {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
     )
     return torch.utils.data.DataLoader(
-        dataset, num_workers=num_workers, pin_memory=pin_memory, generator=generator, **batching
-    )
+        dataset, num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+        persistent_workers=persistent_workers and num_workers > 0, **batching,
+    )  # fmt: skip
 
 
 _ESTIMATE_AFTER_STEPS = 3
@@ -302,6 +324,7 @@ def _run_epoch(
     desc: str,
     progress: bool,
     estimate_epochs: int = 0,
+    channels_last: bool = False,
 ) -> tuple[dict[str, float], int, float]:
     """One pass over ``loader``; trains when an optimizer is given. Returns size-weighted means.
 
@@ -318,7 +341,7 @@ def _run_epoch(
         ):
             if estimate_epochs and step == _ESTIMATE_AFTER_STEPS:
                 _log_estimate(time.perf_counter() - start, step, loader, estimate_epochs)
-            batch = _to_device(batch, device)
+            batch = _to_device(batch, device, channels_last)
             n = _batch_len(batch)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                 losses = module(batch)
@@ -372,6 +395,8 @@ def train_module(
     resume: bool | str | os.PathLike = False,
     fingerprint: Mapping[str, Any] | None = None,
     num_workers: int = 0,
+    channels_last: bool | None = None,
+    compile: bool = False,
     drop_last: bool = True,
     batch_sampler: Iterable[Sequence[int]] | None = None,
     progress: bool = True,
@@ -432,7 +457,16 @@ def train_module(
         JSON-able description of the model and data (method, config, genes, ...), stored in the
         checkpoint and compared on resume; a mismatch is an error.
     num_workers
-        Data-loading worker processes.
+        Data-loading worker processes; they read the next batches while the module computes.
+        A dataset with ``set_epoch(epoch)`` (:class:`stpredict.data.PatchDataset`) has it called
+        before each epoch and keeps its workers between epochs (its augmentation follows the
+        epoch); other datasets get new workers, seeded by ``seed + epoch``, every epoch.
+    channels_last
+        Images (4-D tensors) and the module's weights in channels-last (NHWC) memory order, which
+        convolutions and bf16 run faster in on GPUs; ``None``: on CUDA only.
+    compile
+        Compile the module with :func:`torch.compile` (the first steps are slow while it compiles;
+        needs a C++ compiler on CPU). Checkpoints hold the uncompiled module's weights.
     drop_last
         Drop the last incomplete training batch (only when there is more than one batch).
     batch_sampler
@@ -478,6 +512,7 @@ def train_module(
     config = TrainConfig(
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_min=lr_min, scheduler=scheduler,
         epochs=epochs, batch_size=batch_size, drop_last=drop_last, seed=seed, num_workers=num_workers,
+        channels_last=channels_last, compile=compile,
     )  # fmt: skip
     n_train = check_not_empty(train_dataset, what="train_dataset", hint="need at least one training item")
     if val_dataset is not None:
@@ -524,18 +559,35 @@ def _train_loaders(
             "(e.g. mclSTExp with spot_context='slide')."
         )
 
+    # a dataset told the epoch keeps its workers; others get new ones seeded by seed + epoch
+    persistent = cfg.num_workers > 0 and hasattr(train, "set_epoch")
+    kept: list[torch.utils.data.DataLoader] = []
+
     def train_loader(epoch: int) -> Iterable:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        return make_loader(
+        if hasattr(train, "set_epoch"):
+            train.set_epoch(epoch)
+        if kept:
+            return kept[0]
+        loader = make_loader(
             train, batch_size=cfg.batch_size, batch_sampler=sampler, num_workers=cfg.num_workers,
-            pin_memory=pin, seed=cfg.seed + epoch,
+            pin_memory=pin, persistent_workers=persistent, seed=cfg.seed + epoch,
         )  # fmt: skip
+        if persistent:
+            kept.append(loader)
+        return loader
 
     val_loader = (
         None
         if val is None
-        else make_loader(val, batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin)
+        else make_loader(
+            val,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            pin_memory=pin,
+            persistent_workers=True,
+        )
     )
     return train_loader, val_loader
 
@@ -572,6 +624,7 @@ class _Run:
     fingerprint: dict[str, Any]
     checkpoint_dir: Path | None
     amp: bool = False
+    channels_last: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = math.inf
@@ -589,7 +642,14 @@ class _Run:
                     f"Checkpoint {file} does not match {type(self.module).__name__}'s parameters: {err}"
                 ) from err
         self.module.to(self.device)
+        self.channels_last = (
+            self.device.type == "cuda" if self.config.channels_last is None else self.config.channels_last
+        )
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.net = _data_parallel(self.module, self.device)
+        if self.config.compile:
+            self.net = torch.compile(self.net)  # type: ignore[assignment]
         self.opt, self.sched = self.config.optimiser(self.module)
         if ckpt is not None:
             self._restore(ckpt)
@@ -663,7 +723,7 @@ class _Run:
         estimate = self.config.epochs - self.start_epoch if epoch == self.start_epoch + 1 else 0
         stats, n_images, seconds = _run_epoch(
             self.net, train_loader(epoch), self.device, self.amp, self.opt, f"train {epoch}", progress,
-            estimate_epochs=estimate,
+            estimate_epochs=estimate, channels_last=self.channels_last,
         )  # fmt: skip
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(
@@ -673,8 +733,9 @@ class _Run:
         entry: dict[str, Any] = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}}
         if val_loader is not None:
             val, _, _ = _run_epoch(
-                self.net, val_loader, self.device, self.amp, None, f"val {epoch}", progress
-            )
+                self.net, val_loader, self.device, self.amp, None, f"val {epoch}", progress,
+                channels_last=self.channels_last,
+            )  # fmt: skip
             entry.update({f"val_{k}": v for k, v in val.items()})
         if self.sched is not None:
             self.sched.step()

@@ -75,9 +75,10 @@ def _spot_arrays(n: int, expression: Any, coords: Any) -> tuple[np.ndarray, np.n
 
 
 def _is_lazy(patches: Any) -> bool:
+    from ._patch_cache import CachedPatches
     from ._spotdata import SlidePatches
 
-    return isinstance(patches, SlidePatches)
+    return isinstance(patches, SlidePatches | CachedPatches)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -146,11 +147,17 @@ class PatchDataset(torch.utils.data.Dataset):
         self.std = tuple(float(v) for v in std)
         _stats(self.mean, what="mean"), _stats(self.std, what="std")
         self.seed = seed
-        self.epoch = 0
+        # in shared memory: DataLoader workers that outlive an epoch (persistent) see the new epoch
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the augmentation draw (:meth:`set_epoch`)."""
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation draw (only with an integer ``seed``)."""
-        self.epoch = int(epoch)
+        """Change the augmentation draw (only with an integer ``seed``); seen by running workers."""
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return len(self.patches)

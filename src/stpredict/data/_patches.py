@@ -86,10 +86,14 @@ def to_uint8_rgb(block: np.ndarray) -> np.ndarray:
 
 
 def _load(array: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Materialise ``array[y0:y1, x0:x1]`` (in-bounds) as uint8 RGB."""
-    block = array[y0:y1, x0:x1]
-    if hasattr(block, "compute"):  # dask / xarray-backed-by-dask
-        block = block.compute()
+    """Materialise ``array[y0:y1, x0:x1]`` (in-bounds) as uint8 RGB (chunked: from cached tiles)."""
+    from ._tiles import read_window
+
+    block = read_window(array, y0, y1, x0, x1)
+    if block is None:
+        block = array[y0:y1, x0:x1]
+        if hasattr(block, "compute"):  # dask / xarray-backed-by-dask
+            block = block.compute()
     return to_uint8_rgb(np.asarray(block))
 
 

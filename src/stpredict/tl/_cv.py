@@ -12,7 +12,7 @@ import pandas as pd
 
 from stpredict._constants import GENE_SETS
 from stpredict._logging import logger
-from stpredict._validation import check_int, check_not_set, check_obs_column, check_smoothing
+from stpredict._validation import check_int, check_not_set, check_obs_column, check_positive, check_smoothing
 
 from ._runners import _KEY, BASELINES, Fold, MethodRunner, Runner
 
@@ -302,6 +302,7 @@ def cross_validate(
     method: Method | Sequence[str] | Mapping[str, Any] = "cmrcnet",
     k: int = 50,
     weighting: Weighting | None = None,
+    temperature: float | None = None,
     baselines: Sequence[Baseline] = ("random", "oracle", "image_knn"),
     baseline_features: str = "handmade",
     gene_sets: Sequence[GeneSet] = ("heg", "hvg"),
@@ -356,6 +357,8 @@ def cross_validate(
         Reference spots retrieved per query, for every method and baseline.
     weighting
         Aggregation of the ``k`` spots for the methods and the oracle; ``None``: each model's default.
+    temperature
+        ``τ`` of ``weighting="softmax"`` (see :func:`stpredict.tl.predict`); ``None``: each model's.
     baselines
         Any of ``"random"``, ``"oracle"``, ``"image_knn"``, ``"image_ridge"``.
     baseline_features
@@ -414,6 +417,8 @@ def cross_validate(
     check_obs_column(data, library_key, what="library_key")
     check_int(k, what="cross_validate: `k`")
     smooth, smooth_radius = check_smoothing(smooth, smooth_radius, what="cross_validate")
+    if temperature is not None:
+        temperature = check_positive(temperature, what="cross_validate: `temperature`")
     check_not_set(fit_kwargs, ("genes", "method", "seed", "progress", "copy"), what="cross_validate")
     methods = _parse_methods(method)
     baseline_names = _parse_baselines(baselines)
@@ -428,7 +433,7 @@ def cross_validate(
     spot_kwargs = {key: fit_kwargs[key] for key in ("table_key",) if key in fit_kwargs}
     models: dict[tuple[str, int], Any] = {}
     runners = _build_runners(
-        methods, baseline_names, {**fit_kwargs, "genes": gene_list}, weighting,
+        methods, baseline_names, {**fit_kwargs, "genes": gene_list}, (weighting, temperature),
         _FeatureCache(data, library_key, spot_kwargs, baseline_features),
         keep=(lambda label, fold, model: models.__setitem__((label, fold), model)) if keep_models else None,
     )  # fmt: skip
@@ -456,6 +461,7 @@ def cross_validate(
         "method": {label: {"method": m, "model_kwargs": kw} for label, (m, kw) in methods.items()},
         "k": int(k),
         "weighting": weighting,
+        "temperature": temperature,
         "baselines": list(baseline_names),
         "gene_sets": list(sets),
         "n_genes": int(n_genes),
@@ -526,14 +532,14 @@ def _build_runners(
     methods: dict[str, tuple[str, dict[str, Any]]],
     baselines: tuple[str, ...],
     fit_kwargs: dict[str, Any],
-    weighting: Weighting | None,
+    retrieval: tuple[Weighting | None, float | None],
     features: _FeatureCache,
     *,
     keep: Any,
 ) -> list[Runner]:
     """The methods (each with its oracle when asked), then the baselines of :data:`BASELINES`."""
     runners: list[Runner] = [
-        MethodRunner(label, name, {**fit_kwargs, **kwargs}, weighting, "oracle" in baselines, keep)
+        MethodRunner(label, name, {**fit_kwargs, **kwargs}, *retrieval, "oracle" in baselines, keep)
         for label, (name, kwargs) in methods.items()
     ]
     for name in baselines:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -33,6 +34,23 @@ def last_model() -> STPredictModel:
             "folder of a saved one) or run `stp.tl.fit` first."
         )
     return model
+
+
+def _patch_cache_folder(folder: Any, image_features: str | None) -> Path | None:
+    """``fit(patch_cache=)`` checked: a folder (created when the patches are written) or ``None``."""
+    if folder is None:
+        return None
+    if image_features is not None:
+        raise ValueError(
+            f"fit: `patch_cache` stores image patches, but `image_features={image_features!r}` trains on "
+            "features; pass one of them."
+        )
+    if not isinstance(folder, str | os.PathLike):
+        raise TypeError(f"fit: `patch_cache` must be a folder path, got {type(folder).__name__}.")
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"fit: `patch_cache` {str(path)!r} exists and is not a folder.")
+    return path
 
 
 def _optional(check, value: Any, name: str, **kwargs: Any) -> Any:
@@ -143,6 +161,8 @@ def fit(
     freeze_backbone: bool = False,
     image_features: str | None = None,
     stream: bool | None = None,
+    patch_cache: str | os.PathLike | None = None,
+    compile: bool = False,
     progress: bool = True,
     **model_kwargs: Any,
 ) -> STPredictModel:
@@ -242,6 +262,15 @@ def fit(
         Cut the training patches from the slides as batches are read (memory independent of the
         number of spots; DataLoader workers read in parallel with ``num_workers``) instead of all
         at once. ``None``: stream when the patches would take more than 2 GiB.
+    patch_cache
+        A folder for an on-disk (zarr) cache of the training patches: they are cut once, batch by
+        batch, into ``patches-<key>.zarr`` there (``key``: a digest of the spots, images, stain
+        maps and patch size), and every epoch reads them from it instead of the slides. A later
+        fit of the same slides reuses it (after checking a few patches); other slides get their
+        own. For many epochs over slides too large for memory.
+    compile
+        Train the module compiled with :func:`torch.compile` (faster steps on a GPU after a
+        minute of compiling; the saved model is the same).
     progress
         Show progress bars.
     **model_kwargs
@@ -272,6 +301,7 @@ def fit(
         image_features=image_features, seed=seed, num_workers=num_workers, resume=resume,
         checkpoint_dir=checkpoint_dir, n_top_genes=n_top_genes, patch_size_um=patch_size_um,
         library_key=library_key, stream=stream, progress=progress, stain_normalize=stain_normalize,
+        compile=compile, patch_cache=patch_cache,
         overrides={
             "epochs": _optional(check_int, epochs, "epochs"),
             "batch_size": _optional(check_int, batch_size, "batch_size"),
@@ -315,6 +345,8 @@ class _FitPlan:
     stream: bool | None
     progress: bool
     stain_normalize: bool
+    compile: bool
+    patch_cache: str | os.PathLike | None
     overrides: dict[str, Any]
 
 
@@ -344,6 +376,8 @@ def _plan(
         image_features=options["image_features"], freeze_backbone=bool(options["freeze_backbone"]),
         library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
         stain_normalize=check_flag(options["stain_normalize"], what="fit: `stain_normalize`"),
+        compile=check_flag(options["compile"], what="fit: `compile`"),
+        patch_cache=_patch_cache_folder(options["patch_cache"], options["image_features"]),
         overrides=options["overrides"],
     )  # fmt: skip
 
@@ -401,6 +435,7 @@ def _datasets(plan: _FitPlan, sd, expr: _Expression, module, recipe, features: n
     parts = build_datasets(
         sd, expr.values, module, recipe, patch_size_um=plan.patch_size_um, seed=plan.seed,
         progress=plan.progress, features=features, device=plan.device, stream=plan.stream,
+        patch_cache=plan.patch_cache,
     )  # fmt: skip
     if features is not None:
         module.image_encoder.fit_standardisation(torch.from_numpy(features[parts.train_idx]))
@@ -431,11 +466,12 @@ def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
         "n_spots": len(sd.obs_names),
         "obs_names_head": [str(x) for x in sd.obs_names[:5]],
     }
+    score = retrieval_score(parts, recipe) if recipe.select_epoch == "val_pearson" else None
     result = train_module(
         module, parts.train, parts.val, **recipe.loop_kwargs(), device=plan.device, seed=plan.seed,
         checkpoint_dir=plan.checkpoint_dir, resume=plan.resume, fingerprint=fingerprint,
-        num_workers=plan.num_workers, batch_sampler=parts.batch_sampler, progress=plan.progress,
-        score=retrieval_score(parts, recipe) if recipe.select_epoch == "val_pearson" else None,
+        num_workers=plan.num_workers, compile=plan.compile, batch_sampler=parts.batch_sampler,
+        progress=plan.progress, score=score,
     )  # fmt: skip
     _restore_best(module, result, recipe.epochs, plan.checkpoint_dir)
     return result

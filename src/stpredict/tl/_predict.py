@@ -12,7 +12,14 @@ import pandas as pd
 
 from stpredict._constants import WEIGHTINGS, Weighting, ood_key, std_key, truth_key
 from stpredict._logging import logger
-from stpredict._validation import check_int, check_key, check_smoothing, is_spatialdata, spatialdata_table
+from stpredict._validation import (
+    check_int,
+    check_key,
+    check_positive,
+    check_smoothing,
+    is_spatialdata,
+    spatialdata_table,
+)
 
 from ._fit import last_model, model_expression, resolve_device
 from ._results import (
@@ -101,6 +108,7 @@ def predict(
     *,
     k: int | None = None,
     weighting: Weighting | None = None,
+    temperature: float | None = None,
     key_added: str = "stpredict",
     copy: bool = False,
     overwrite: bool = False,
@@ -158,6 +166,9 @@ def predict(
         Bank spots retrieved per query; default: the model's (50 for CMRCNet), at most the bank size.
     weighting
         ``"mean"``, ``"inverse_distance2"`` (mclSTExp) or ``"softmax"``; default: the model's.
+    temperature
+        ``τ`` of ``weighting="softmax"``: weights ``∝ exp(cosine similarity / τ)``; default: the
+        model's (1 when it has none, which is close to a plain mean).
     key_added
         Where results are written.
     copy
@@ -219,6 +230,8 @@ def predict(
     smooth, smooth_radius = check_smoothing(smooth, smooth_radius, what="predict")
     if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"predict: `weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
+    if temperature is not None:
+        check_positive(temperature, what="predict: `temperature`")
     dev = resolve_device(device)
     if grid_spacing_um is not None:
         from ._grid import grid_spots
@@ -242,6 +255,8 @@ def predict(
 
     model = _resolve_model(model)
     k, weighting = _retrieval_settings(model, k, weighting)
+    if temperature is None:
+        temperature = 1.0 if model.retrieval.temperature is None else model.retrieval.temperature
 
     # ---- truth: the model genes' counts, normalised like the bank
     truth = None
@@ -252,7 +267,7 @@ def predict(
 
     # ---- embed, retrieve, write
     result = _retrieve(
-        model, sd, data, obs_names, truth, k, weighting, dev, batch_size, uncertainty, progress
+        model, sd, data, obs_names, truth, (k, weighting, temperature), dev, batch_size, uncertainty, progress
     )
     if smooth > 0:
         result = _smoothed(result, sd, smooth, smooth_radius)
@@ -261,6 +276,7 @@ def predict(
             "method": model.method,
             "k": int(k),
             "weighting": weighting,
+            "temperature": float(temperature),
             "genes": list(model.genes),
             "n_spots": int(len(obs_names)),
             "library_key": library_key,
@@ -308,10 +324,15 @@ def _image_input(model, sd, data) -> Any:
 
 
 def _retrieve(
-    model, sd, data, obs_names, truth, k, weighting, device, batch_size, uncertainty, progress
+    model, sd, data, obs_names, truth, settings, device, batch_size, uncertainty, progress
 ) -> Result:
-    """Embed the spots' patches and retrieve their expression (and spread, OOD score) from the bank."""
+    """Embed the spots' patches and retrieve their expression (and spread, OOD score) from the bank.
+
+    ``settings``: ``(k, weighting, temperature)``.
+    """
     from stpredict.retrieval import ood_score, retrieve
+
+    k, weighting, temperature = settings
 
     queries = model.embed_inputs(
         _image_input(model, sd, data), batch_size=int(batch_size), device=device, progress=progress
@@ -323,7 +344,7 @@ def _retrieve(
         model.bank.expression,
         int(k),
         weighting=weighting,
-        temperature=1.0 if model.retrieval.temperature is None else model.retrieval.temperature,
+        temperature=float(temperature),
         device=device,
         spread=uncertainty,
     )

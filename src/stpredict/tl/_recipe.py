@@ -152,7 +152,7 @@ class DataParts:
         """Every spot's patch at the model's size (the central crop when cut with a margin).
 
         Streamed patches stay streamed: a :class:`~stpredict.data.SlidePatches` at the model's
-        size and ``patch_size_um``.
+        size and ``patch_size_um``; cached ones are read from the cache, cropped.
         """
         from stpredict.data import SlidePatches
 
@@ -160,6 +160,8 @@ class DataParts:
             raise ValueError("DataParts.central_patches: this fit reads precomputed features, not patches.")
         if isinstance(self.patches, SlidePatches):
             return SlidePatches(self.patches.spots, patch_size_um=patch_size_um, size=size)
+        if hasattr(self.patches, "central"):  # the on-disk patch cache
+            return self.patches.central(size)
         o = self.margin // 2
         return (
             np.ascontiguousarray(self.patches[:, o : o + size, o : o + size]) if self.margin else self.patches
@@ -190,10 +192,20 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
 STREAM_ABOVE_BYTES = 2 * 2**30  # `stream=None`: cut patches per batch when they would take more
 
 
-def _patches(sd: Any, patch_size_um: float, size: int, stream: bool | None, progress: bool) -> Any:
-    """Every spot's patch: in memory, or a :class:`~stpredict.data.SlidePatches` read per batch."""
+def _patches(
+    sd: Any, patch_size_um: float, size: int, stream: bool | None, progress: bool, cache: Any = None
+) -> Any:
+    """Every spot's patch: in memory, or lazy (read per batch).
+
+    Lazy: a :class:`~stpredict.data.SlidePatches`, or with ``cache`` (a folder) the on-disk cache
+    of :func:`~stpredict.data._patch_cache.cached_patches`.
+    """
     from stpredict.data import SlidePatches
 
+    if cache is not None:
+        from stpredict.data._patch_cache import cached_patches
+
+        return cached_patches(sd, patch_size_um=patch_size_um, size=size, folder=cache, progress=progress)
     nbytes = len(sd.obs_names) * size * size * 3
     if stream is None:
         stream = nbytes > STREAM_ABOVE_BYTES
@@ -239,21 +251,24 @@ def build_datasets(
     features: np.ndarray | None = None,
     device: str = "cpu",
     stream: bool | None = None,
+    patch_cache: Any = None,
 ) -> DataParts:
     """Split the spots and wrap their image input and expression in datasets.
 
     The image input is the precomputed ``features`` when given; otherwise patches cut around the
     spots (with a margin for random translation), which a frozen backbone embeds once. With
     ``stream`` (``None``: when the patches would take more than :data:`STREAM_ABOVE_BYTES`) the
-    patches are cut from the slide when a batch is read, never all at once.
+    patches are cut from the slide when a batch is read, never all at once; with ``patch_cache``
+    (a folder) they are cut once into an on-disk zarr store there and read from it.
     """
-    from stpredict.data import FeatureDataset, PatchDataset, SlidePatches
+    from stpredict.data import FeatureDataset, PatchDataset
 
     size = recipe.image_size
     margin = round(size * recipe.translate)
     patches = None
     if features is None:
-        patches = _patches(sd, patch_size_um * (size + margin) / size, size + margin, stream, progress)
+        window_um = patch_size_um * (size + margin) / size
+        patches = _patches(sd, window_um, size + margin, stream, progress, patch_cache)
         if module.config.get("freeze_backbone"):
             features = frozen_features(module, patches, device=device, progress=progress)
     train_idx, val_idx = _split(len(sd.obs_names), recipe.val_fraction, seed)
@@ -265,12 +280,13 @@ def build_datasets(
             return FeatureDataset(features[idx], expression[idx], coords=coords[idx], augment=train)
         assert patches is not None  # no precomputed features: the patches were cut
         return PatchDataset(
-            patches.subset(idx) if isinstance(patches, SlidePatches) else patches[idx],  # type: ignore[arg-type]
+            patches.subset(idx) if hasattr(patches, "subset") else patches[idx],  # type: ignore[union-attr]
             expression[idx],
             coords=coords[idx],
             augment=train,
             stain_jitter=recipe.stain_jitter if train else 0.0,
             crop=crop,
+            seed=seed if train else None,  # augmentation drawn from (seed, spot, epoch)
         )
 
     batch_sampler = None

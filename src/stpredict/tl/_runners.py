@@ -137,6 +137,7 @@ class MethodRunner:
     method: str
     fit_kwargs: dict[str, Any]
     weighting: Weighting | None = None
+    temperature: float | None = None
     oracle: bool = False
     keep: Callable[[str, int, STPredictModel], None] | None = None
 
@@ -165,7 +166,8 @@ class MethodRunner:
 
         passed = {key: self.fit_kwargs[key] for key in ("device", "table_key") if key in self.fit_kwargs}
         result = predict(
-            fold.test, model, k=k, weighting=self.weighting, copy=True, key_added=_KEY, progress=False,
+            fold.test, model, k=k, weighting=self.weighting, temperature=self.temperature, copy=True,
+            key_added=_KEY, progress=False,
             library_key=fold.library_key, **passed,
         )  # fmt: skip
         assert result is not None  # copy=True returns the new AnnData
