@@ -134,3 +134,48 @@ def test_compile_trains_and_saves_the_plain_module(tmp_path):
     saved = load_checkpoint(tmp_path)["module"]
     assert set(saved) == set(plain.state_dict())  # no "_orig_mod." prefixes
     assert set(res.best_state) == set(plain.state_dict())
+
+
+def test_device_augmentation_equals_the_loaders():
+    """The batch augmented on the device matches the loader's augmentation (same draws)."""
+    from stpredict.data._device_augment import AUGMENT_KEY, DeviceAugment
+
+    rng = np.random.default_rng(3)
+    patches = rng.integers(30, 230, size=(64, 14, 14, 3), dtype=np.uint8)
+    kwargs = {"augment": True, "stain_jitter": 0.05, "crop": 12, "seed": 7}
+    loader = PatchDataset(patches, **kwargs)
+    deferred = PatchDataset(patches, **kwargs, device_augment=True)
+    for epoch in (0, 3):
+        loader.set_epoch(epoch)
+        deferred.set_epoch(epoch)
+        expected = torch.stack([loader[i]["image"] for i in range(64)])
+        items = [deferred[i] for i in range(64)]
+        batch = {"image": torch.stack([it["image"] for it in items])}
+        batch[AUGMENT_KEY] = torch.stack([it[AUGMENT_KEY] for it in items])
+        assert len({tuple(d[:3].tolist()) for d in batch[AUGMENT_KEY]}) > 8  # many flips/rotations
+        got = DeviceAugment(stain_jitter=0.05)(batch)["image"]
+        # equal up to the loader's rounding to 8 bits (1/255 ≈ 0.018 after normalisation)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=0.04)
+        assert float((got - expected).abs().mean()) < 0.01
+    no_jitter = PatchDataset(patches, augment=True, seed=1, device_augment=True)
+    plain = PatchDataset(patches, augment=True, seed=1)
+    batch = {"image": torch.stack([no_jitter[i]["image"] for i in range(8)])}
+    batch[AUGMENT_KEY] = torch.stack([no_jitter[i][AUGMENT_KEY] for i in range(8)])
+    exact = torch.stack([plain[i]["image"] for i in range(8)])
+    torch.testing.assert_close(DeviceAugment()(batch)["image"], exact)  # flips/rotations: exact
+
+
+def test_fit_augments_on_the_device_when_asked():
+    import stpredict as stp
+
+    adata = stp.datasets.synthetic(n_slides=2, n_spots_per_side=6, n_genes=20, seed=6)
+    fit = {"preset": "tiny", "epochs": 2, "seed": 0, "progress": False, "device": "cpu", "stain_jitter": 0.05}
+    before = stp.settings.device_augment
+    try:
+        stp.settings.device_augment = True
+        on_device = stp.tl.fit(adata, **fit)
+    finally:
+        stp.settings.device_augment = before
+    in_loader = stp.tl.fit(adata, **fit)
+    losses = [[h["train_loss"] for h in m.history] for m in (on_device, in_loader)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0.02)

@@ -22,6 +22,10 @@ class Settings:
         Default random seed for training and data splits.
     num_workers
         Default number of data-loading worker processes (``0`` loads in the main process).
+    device_augment
+        Where the training augmentation (flips, rotations, HED stain jitter) of image patches runs:
+        ``None`` (default) on the training device when it is a GPU, in the DataLoader otherwise;
+        ``True`` / ``False`` force it. The random draws are the same either way.
     tile_cache_mb
         MiB of decoded tiles of chunked (zarr / dask) slide images kept per process, so that
         neighbouring patches decode a tile once (``0``: off; each DataLoader worker has its own).
@@ -42,6 +46,7 @@ class Settings:
         self.seed: int = 0
         self.num_workers: int = 0
         self.tile_cache_mb: float = 256
+        self.device_augment: bool | None = None
         self._datasetdir: Path | None = None
         self._datasets_url: str | None = None
         self._max_epochs: int | None = None

@@ -325,6 +325,7 @@ def _run_epoch(
     progress: bool,
     estimate_epochs: int = 0,
     channels_last: bool = False,
+    transform: Callable[[Any], Any] | None = None,
 ) -> tuple[dict[str, float], int, float]:
     """One pass over ``loader``; trains when an optimizer is given. Returns size-weighted means.
 
@@ -342,6 +343,8 @@ def _run_epoch(
             if estimate_epochs and step == _ESTIMATE_AFTER_STEPS:
                 _log_estimate(time.perf_counter() - start, step, loader, estimate_epochs)
             batch = _to_device(batch, device, channels_last)
+            if transform is not None:
+                batch = transform(batch)
             n = _batch_len(batch)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                 losses = module(batch)
@@ -402,6 +405,7 @@ def train_module(
     progress: bool = True,
     callbacks: Sequence[Callable[[int, dict[str, Any], nn.Module], Any]] = (),
     score: Callable[[nn.Module], float] | None = None,
+    batch_transform: Callable[[Any], Any] | None = None,
 ) -> TrainResult:
     """Train a retrieval module (contrastive image–expression model).
 
@@ -481,6 +485,9 @@ def train_module(
         ``score(module) -> float`` evaluated after every epoch (module in eval mode) and stored
         as ``val_score``; the epoch with the lowest score is kept instead of the lowest
         validation loss (e.g. minus the validation retrieval Pearson r).
+    batch_transform
+        ``batch -> batch`` applied to every training batch on the device, e.g. the augmentation
+        of a whole batch on the GPU (:class:`stpredict.data._device_augment.DeviceAugment`).
 
     Returns
     -------
@@ -529,6 +536,7 @@ def train_module(
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
     )
     run.amp = bool(amp) and run.device.type == "cuda"
+    run.batch_transform = batch_transform
     run.start(resume)
     return run.train(
         _train_loaders(run, train_dataset, val_dataset, batch_sampler), progress, callbacks, score
@@ -625,6 +633,7 @@ class _Run:
     checkpoint_dir: Path | None
     amp: bool = False
     channels_last: bool = False
+    batch_transform: Callable[[Any], Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = math.inf
@@ -723,7 +732,7 @@ class _Run:
         estimate = self.config.epochs - self.start_epoch if epoch == self.start_epoch + 1 else 0
         stats, n_images, seconds = _run_epoch(
             self.net, train_loader(epoch), self.device, self.amp, self.opt, f"train {epoch}", progress,
-            estimate_epochs=estimate, channels_last=self.channels_last,
+            estimate_epochs=estimate, channels_last=self.channels_last, transform=self.batch_transform,
         )  # fmt: skip
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(

@@ -110,6 +110,10 @@ class PatchDataset(torch.utils.data.Dataset):
         With an integer, the augmentation of item ``i`` is drawn from a generator seeded with
         ``(seed, i, epoch)`` (set the epoch with :meth:`set_epoch`), reproducible whatever the
         workers. ``None``: torch's global RNG (seeded by the training loop / DataLoader).
+    device_augment
+        With ``augment``: cut the random crop only and put the flip/rotation/stain-jitter draws
+        in ``item["augment"]`` (float32 ``[9]``) for :class:`~stpredict.data._device_augment.
+        DeviceAugment` to apply to the whole batch on the training device.
 
     Examples
     --------
@@ -132,8 +136,10 @@ class PatchDataset(torch.utils.data.Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int | None = None,
+        device_augment: bool = False,
     ):
         self.patches = patches if _is_lazy(patches) else check_patches(patches)
+        self.device_augment = bool(device_augment)
         self.expression, self.coords = _spot_arrays(len(self.patches), expression, coords)
         self.augment = bool(augment)
         if not 0.0 <= float(stain_jitter) < 1.0:
@@ -197,6 +203,8 @@ class PatchDataset(torch.utils.data.Dataset):
         img = self.patches[index]
         gen = self._generator(index) if self.augment else None
         img = self._crop(img, gen)
+        if self.augment and self.device_augment:
+            return self._item(img, index, self._device_draws(index, gen))
         if self.augment:
             hflip, vflip, k = self._draws(index, gen)
             if hflip:
@@ -207,12 +215,26 @@ class PatchDataset(torch.utils.data.Dataset):
                 img = np.rot90(img, k, axes=(0, 1))
             if self.stain_jitter:
                 img = self._jitter(np.ascontiguousarray(img), gen)
-        return {
+        return self._item(img, index)
+
+    def _device_draws(self, index: int, gen: torch.Generator | None) -> torch.Tensor:
+        """The draws the loader would use (same order), for the device: hflip, vflip, k, u[6]."""
+        hflip, vflip, k = self._draws(index, gen)
+        u = (torch.rand(6, generator=gen) * 2 - 1) if self.stain_jitter else torch.zeros(6)
+        return torch.cat([torch.tensor([hflip, vflip, k], dtype=torch.float32), u.to(torch.float32)])
+
+    def _item(
+        self, img: np.ndarray, index: int, draws: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        item = {
             "image": to_tensor(np.ascontiguousarray(img), self.mean, self.std),
             "expression": torch.from_numpy(self.expression[index]),
             "coords": torch.from_numpy(self.coords[index]),
             "index": torch.tensor(index, dtype=torch.int64),
         }
+        if draws is not None:
+            item["augment"] = draws
+        return item
 
 
 class FeatureDataset(torch.utils.data.Dataset):

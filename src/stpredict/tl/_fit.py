@@ -471,7 +471,7 @@ def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
         module, parts.train, parts.val, **recipe.loop_kwargs(), device=plan.device, seed=plan.seed,
         checkpoint_dir=plan.checkpoint_dir, resume=plan.resume, fingerprint=fingerprint,
         num_workers=plan.num_workers, compile=plan.compile, batch_sampler=parts.batch_sampler,
-        progress=plan.progress, score=score,
+        progress=plan.progress, score=score, batch_transform=parts.batch_transform,
     )  # fmt: skip
     _restore_best(module, result, recipe.epochs, plan.checkpoint_dir)
     return result

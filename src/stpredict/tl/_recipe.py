@@ -147,6 +147,7 @@ class DataParts:
     patches: np.ndarray | None
     margin: int
     features: np.ndarray | None = None
+    batch_transform: Any = None  # augmentation of each training batch on the device, if any
 
     def central_patches(self, size: int, patch_size_um: float) -> Any:
         """Every spot's patch at the model's size (the central crop when cut with a margin).
@@ -275,6 +276,8 @@ def build_datasets(
     coords = np.asarray(sd.grid_coords, dtype=np.int64)
     crop = size if margin else None
 
+    on_device = features is None and _augment_on_device(device)
+
     def dataset(idx: np.ndarray, train: bool) -> Any:
         if features is not None:
             return FeatureDataset(features[idx], expression[idx], coords=coords[idx], augment=train)
@@ -287,6 +290,7 @@ def build_datasets(
             stain_jitter=recipe.stain_jitter if train else 0.0,
             crop=crop,
             seed=seed if train else None,  # augmentation drawn from (seed, spot, epoch)
+            device_augment=on_device and train,
         )
 
     batch_sampler = None
@@ -307,7 +311,22 @@ def build_datasets(
         patches=patches,
         margin=margin,
         features=features,
+        batch_transform=_device_augmentation(recipe) if on_device else None,
     )
+
+
+def _augment_on_device(device: str) -> bool:
+    """Whether the flips, rotations and stain jitter run on the training device (``settings``)."""
+    from stpredict._settings import settings
+
+    choice = settings.device_augment
+    return str(device).startswith("cuda") if choice is None else bool(choice)
+
+
+def _device_augmentation(recipe: Recipe) -> Any:
+    from stpredict.data._device_augment import DeviceAugment
+
+    return DeviceAugment(stain_jitter=recipe.stain_jitter)
 
 
 def retrieval_score(parts: DataParts, recipe: Recipe):
