@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from stpredict._constants import IMAGENET_MEAN, IMAGENET_STD
 from stpredict._validation import check_matrix, check_patches
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._spotdata import LazyPatches
 
 
 def _stats(values: Sequence[float], *, what: str) -> torch.Tensor:
@@ -75,10 +78,9 @@ def _spot_arrays(n: int, expression: Any, coords: Any) -> tuple[np.ndarray, np.n
 
 
 def _is_lazy(patches: Any) -> bool:
-    from ._patch_cache import CachedPatches
-    from ._spotdata import SlidePatches
+    from ._spotdata import LazyPatches
 
-    return isinstance(patches, SlidePatches | CachedPatches)
+    return isinstance(patches, LazyPatches)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -126,7 +128,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        patches: np.ndarray,
+        patches: np.ndarray | LazyPatches,
         expression: np.ndarray | None = None,
         *,
         coords: np.ndarray | None = None,
@@ -190,10 +192,15 @@ class PatchDataset(torch.utils.data.Dataset):
             y = x = room // 2
         return img[y : y + self.crop, x : x + self.crop]
 
+    @staticmethod
+    def _jitter_draws(gen: torch.Generator | None) -> torch.Tensor:
+        """The 6 uniforms on ``[-1, 1]`` of the HED jitter (3 scales, 3 shifts), float32."""
+        return torch.rand(6, generator=gen) * 2 - 1
+
     def _jitter(self, img: np.ndarray, gen: torch.Generator | None) -> np.ndarray:
         from ._stain import hed_shift
 
-        u = (torch.rand(6, generator=gen).numpy() * 2 - 1) * self.stain_jitter
+        u = self._jitter_draws(gen).numpy() * self.stain_jitter
         return hed_shift(img, 1.0 + u[:3], u[3:])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -220,8 +227,8 @@ class PatchDataset(torch.utils.data.Dataset):
     def _device_draws(self, index: int, gen: torch.Generator | None) -> torch.Tensor:
         """The draws the loader would use (same order), for the device: hflip, vflip, k, u[6]."""
         hflip, vflip, k = self._draws(index, gen)
-        u = (torch.rand(6, generator=gen) * 2 - 1) if self.stain_jitter else torch.zeros(6)
-        return torch.cat([torch.tensor([hflip, vflip, k], dtype=torch.float32), u.to(torch.float32)])
+        u = self._jitter_draws(gen) if self.stain_jitter else torch.zeros(6)
+        return torch.cat([torch.tensor([hflip, vflip, k], dtype=torch.float32), u])
 
     def _item(
         self, img: np.ndarray, index: int, draws: torch.Tensor | None = None

@@ -21,6 +21,8 @@ import numpy as np
 
 from stpredict._logging import logger
 
+from ._spotdata import LazyPatches
+
 __all__ = ["CachedPatches", "cached_patches", "patch_cache_key"]
 
 _FORMAT = 1
@@ -28,16 +30,13 @@ _BATCH = 256
 _CHECKED = 8  # patches compared with freshly cut ones before a cache is reused
 
 
-class CachedPatches:
+class CachedPatches(LazyPatches):
     """Patches of some spots stored in a zarr array ``(n, size, size, 3)``, read when indexed.
 
     ``patches[i]`` is one ``(size, size, 3)`` uint8 patch, ``patches[idx]`` several;
     :meth:`subset` selects spots and :meth:`central` a central crop without reading. Pickles as
     the store's path (for workers).
     """
-
-    dtype = np.dtype(np.uint8)
-    ndim = 4
 
     def __init__(self, path: str | os.PathLike, indices: Any = None, crop: int | None = None) -> None:
         import zarr
@@ -52,9 +51,6 @@ class CachedPatches:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self.indices), self.crop, self.crop, 3)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def subset(self, which: Any) -> CachedPatches:
         """The patches at positions ``which`` of this set, still unread."""

@@ -870,7 +870,34 @@ def _shape_to_pixels(gdf: Any, element: Any, wanted_cs: set[str], cs: str | None
     return maps[0]
 
 
-class SlidePatches:
+class LazyPatches:
+    """What the lazy patch arrays share: ``uint8``, 4-D, one row per entry of ``indices``.
+
+    Subclasses (:class:`SlidePatches`, :class:`~stpredict.data._patch_cache.CachedPatches`) set
+    ``indices``, define ``shape``, ``subset`` and ``__getitem__``; ``PatchDataset`` takes any.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(n, side, side, 3)``."""
+        raise NotImplementedError
+
+    def subset(self, which: Any) -> LazyPatches:
+        """The patches at positions ``which`` of this set, still unread."""
+        raise NotImplementedError
+
+    def __getitem__(self, which: Any) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SlidePatches(LazyPatches):
     """The patches of some spots, cut from their slide images only when read (a lazy array).
 
     ``patches[i]`` reads one ``(size, size, 3)`` uint8 patch; ``patches[a:b]`` (or an integer
@@ -897,9 +924,6 @@ class SlidePatches:
     ((16, 16, 16, 3), (16, 16, 3))
     """
 
-    dtype = np.dtype(np.uint8)
-    ndim = 4
-
     def __init__(self, spots: SpotData, indices: Any = None, *, patch_size_um: float, size: int) -> None:
         self.spots = spots
         self.indices = spots._indices(indices)
@@ -909,9 +933,6 @@ class SlidePatches:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self.indices), self.size, self.size, 3)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def subset(self, which: Any) -> SlidePatches:
         """The patches at positions ``which`` of this set, still unread."""

@@ -263,6 +263,7 @@ def build_datasets(
     (a folder) they are cut once into an on-disk zarr store there and read from it.
     """
     from stpredict.data import FeatureDataset, PatchDataset
+    from stpredict.data._spotdata import LazyPatches
 
     size = recipe.image_size
     margin = round(size * recipe.translate)
@@ -283,7 +284,7 @@ def build_datasets(
             return FeatureDataset(features[idx], expression[idx], coords=coords[idx], augment=train)
         assert patches is not None  # no precomputed features: the patches were cut
         return PatchDataset(
-            patches.subset(idx) if hasattr(patches, "subset") else patches[idx],  # type: ignore[union-attr]
+            patches.subset(idx) if isinstance(patches, LazyPatches) else patches[idx],
             expression[idx],
             coords=coords[idx],
             augment=train,
