@@ -362,3 +362,41 @@ def test_cross_validate_explicit_genes_and_n_folds(small, fake_tools):
     assert len(res.folds) == 2
     assert list(res.summary.columns) == ["all"]
     assert (res.per_gene.groupby(["fold", "library_id"]).size() == len(genes)).all()
+
+
+def test_feature_cache_follows_the_models_stain_matching(small):
+    """The image-feature baseline sees the pixels the model saw: stain-matched to the fold's target."""
+    from stpredict.data import SpotData
+    from stpredict.data._features import spot_features
+    from stpredict.data._stain import hed_shift, slide_stain_stats, stain_matched, stain_target
+    from stpredict.tl._cv import _FeatureCache
+
+    adata = small.copy()
+    lib = "slide0"
+    spatial = adata.uns["spatial"][lib]["images"]
+    for name, img in spatial.items():  # one slide scanned differently
+        spatial[name] = hed_shift(np.asarray(img), scale=(1.3, 0.7, 1.0), shift=(0.05, -0.05, 0.0))
+    cache = _FeatureCache(adata, "library_id", {})
+    names = adata.obs_names[adata.obs["library_id"] == lib]
+    plain = cache.get(names, 112.0)
+    sd = SpotData.from_object(adata, library_key="library_id")
+    target = stain_target(slide_stain_stats(sd, patch_size_um=112.0))
+    matched = cache.get(names, 112.0, target.tolist())
+    assert not np.allclose(plain, matched)
+    np.testing.assert_array_equal(cache.get(names, 112.0), plain)  # both kept, per (slide, target)
+    one = sd.subset(np.flatnonzero(sd.library_ids == lib))
+    expected = spot_features(
+        stain_matched(one, target, patch_size_um=112.0), "handmade", adata, what="test", patch_size_um=112.0
+    )
+    np.testing.assert_allclose(matched, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_slide_stain_stats_do_not_depend_on_the_other_slides():
+    from stpredict.data import SpotData
+    from stpredict.data._stain import slide_stain_stats
+
+    big = stp.datasets.synthetic(n_slides=2, n_spots_per_side=17, n_genes=10, seed=1)  # 289 > 256 drawn
+    sd = SpotData.from_object(big, library_key="library_id")
+    together = slide_stain_stats(sd, patch_size_um=112.0)
+    alone = slide_stain_stats(sd.subset(np.flatnonzero(sd.library_ids == "slide1")), patch_size_um=112.0)
+    np.testing.assert_array_equal(together["slide1"], alone["slide1"])

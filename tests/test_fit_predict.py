@@ -358,9 +358,19 @@ K_SLOW = 10
 MARGIN_SLOW = 0.08
 
 
-def test_softmax_temperature(slides, model):
+def test_softmax_temperature(slides, model, monkeypatch):
     """A small τ tends to the nearest neighbour, a large one to the plain mean of the k."""
+    import stpredict.retrieval as retrieval
+
     test = slides[1]
+    seen = {}
+
+    def spy(queries, *args, **kwargs):
+        seen["queries"] = queries
+        return real(queries, *args, **kwargs)
+
+    real = retrieval.retrieve
+    monkeypatch.setattr(retrieval, "retrieve", spy)
 
     def pred(**kw):
         out = stp.tl.predict(test, model, copy=True, progress=False, uncertainty=False, **kw)
@@ -370,7 +380,12 @@ def test_softmax_temperature(slides, model):
     mean, _ = pred(k=10, weighting="mean")
     sharp, params = pred(k=10, weighting="softmax", temperature=1e-4)
     assert params["temperature"] == pytest.approx(1e-4)
-    np.testing.assert_allclose(sharp, nearest, atol=1e-4)
+    # spots whose best match leads the runner-up by ≫ τ get the nearest neighbour's expression
+    # (a briefly trained model has near-ties, which a small τ rightly splits)
+    _, sims = retrieval.topk_cosine(seen["queries"], model.bank.embeddings, 2)
+    clear = sims[:, 0] - sims[:, 1] > 2e-3
+    assert clear.sum() >= len(clear) // 4
+    np.testing.assert_allclose(sharp[clear], nearest[clear], atol=1e-4)
     flat, _ = pred(k=10, weighting="softmax", temperature=1e4)
     np.testing.assert_allclose(flat, mean, atol=1e-4)
     default, params = pred(k=10, weighting="softmax")

@@ -131,10 +131,14 @@ def match_stain(rgb: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.n
 
 
 def slide_stain_stats(sd: SpotData, *, patch_size_um: float, seed: int = 0) -> dict[str, np.ndarray]:
-    """:func:`stain_stats` of each slide of ``sd``, over the patches of up to 256 of its spots."""
-    rng = np.random.default_rng(seed)
+    """:func:`stain_stats` of each slide of ``sd``, over the patches of up to 256 of its spots.
+
+    The spots of a slide are drawn with their own ``seed``-ed generator, so a slide gets the same
+    statistics whichever other slides come with it (in ``fit``, ``predict``, ``cross_validate``).
+    """
     out = {}
     for lib in sd.libraries:
+        rng = np.random.default_rng(seed)
         idx = np.flatnonzero(sd.library_ids == lib)
         chosen = np.sort(rng.choice(idx, size=min(len(idx), _STAT_SPOTS), replace=False))
         raw = sd.subset(chosen)

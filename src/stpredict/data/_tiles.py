@@ -103,8 +103,8 @@ def read_window(array: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | 
     if data is None or data.ndim < 2 or _largest_tile_bytes(data) * _MIN_TILES > cache.max_bytes:
         return None  # not chunked, or tiles too large to cache a few (e.g. one chunk per slide)
     ys, xs = _edges(data.chunks[0]), _edges(data.chunks[1])
-    ty0, ty1 = np.searchsorted(ys, y0, side="right") - 1, np.searchsorted(ys, y1, side="left")
-    tx0, tx1 = np.searchsorted(xs, x0, side="right") - 1, np.searchsorted(xs, x1, side="left")
+    ty0, ty1 = int(np.searchsorted(ys, y0, side="right")) - 1, int(np.searchsorted(ys, y1, side="left"))
+    tx0, tx1 = int(np.searchsorted(xs, x0, side="right")) - 1, int(np.searchsorted(xs, x1, side="left"))
     if (ty1 - ty0) * (tx1 - tx0) > _MAX_WINDOW_TILES:
         return None  # a large window (many spots read at once) decodes each tile once anyway
     out = np.empty((y1 - y0, x1 - x0, *data.shape[2:]), dtype=data.dtype)

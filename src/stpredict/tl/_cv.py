@@ -244,51 +244,74 @@ def _accepts(func: Any, name: str) -> bool:
 
 
 class _FeatureCache:
-    """Hand-made image features per spot, extracted once per slide and reused across folds/methods."""
+    """Hand-made image features per spot, extracted once per slide and reused across folds/methods.
+
+    With a stain target (the reference model was fitted with ``stain_normalize=True``) the
+    features are those of the slide's patches matched to that target, as the model saw them;
+    they are cached per (slide, target).
+    """
 
     def __init__(self, adata: AnnData, library_key: str, spot_kwargs: dict[str, Any], key: str = "handmade"):
         self.adata, self.library_key, self.spot_kwargs, self.key = adata, library_key, spot_kwargs, key
-        self.features: dict[str, np.ndarray] = {}
+        self.features: dict[tuple[str, tuple[float, ...] | None], np.ndarray] = {}
+        self.stain_stats: dict[str, np.ndarray] = {}
         self.patch_size_um: float | None = None
         self._spots: SpotData | None = None
 
-    def get(self, obs_names: Sequence[str], patch_size_um: float) -> np.ndarray:
-        from stpredict.data import SpotData
-        from stpredict.data._features import spot_features
-
+    def get(self, obs_names: Sequence[str], patch_size_um: float, stain_target: Any = None) -> np.ndarray:
+        """Features of the spots ``obs_names`` (rows in that order)."""
         if self.patch_size_um is not None and patch_size_um != self.patch_size_um:
             self.features.clear()  # a method with another patch size: recompute
+            self.stain_stats.clear()
         self.patch_size_um = patch_size_um
-        if self._spots is None:
-            self._spots = SpotData.from_object(self.adata, library_key=self.library_key, **self.spot_kwargs)
-        sd = self._spots
+        sd = self._spot_data()
         names = pd.Index(np.asarray(obs_names).astype(str))
         pos = sd.obs_names.astype(str).get_indexer(names)
         if (pos < 0).any():
             raise KeyError(
                 f"image_knn: spots {list(names[pos < 0][:5])} are not in the cross-validated data."
             )
+        target = None if stain_target is None else np.asarray(stain_target, np.float32)
+        tag = None if target is None else tuple(np.round(target.ravel(), 6).tolist())
         needed = pd.unique(sd.library_ids[pos])
         for lib in needed:
-            if lib in self.features:
-                continue
-            idx = np.flatnonzero(sd.library_ids == lib)
-            t0 = time.perf_counter()
-            feats = spot_features(
-                sd.subset(idx), self.key, self.adata, what="cross_validate", patch_size_um=patch_size_um
-            )
-            full = np.full((len(sd.obs_names), feats.shape[1]), np.nan, dtype=np.float32)
-            full[idx] = feats
-            self.features[lib] = full
-            logger.info(
-                f"cross_validate: image features of slide {lib!r} ({len(idx)} spots) "
-                f"in {time.perf_counter() - t0:.1f} s."
-            )
-        out = np.empty((len(pos), next(iter(self.features.values())).shape[1]), dtype=np.float32)
+            if (lib, tag) not in self.features:
+                self.features[lib, tag] = self._slide_features(lib, target)
+        out = np.empty((len(pos), self.features[needed[0], tag].shape[1]), dtype=np.float32)
         for lib in needed:
             sel = sd.library_ids[pos] == lib
-            out[sel] = self.features[lib][pos[sel]]
+            out[sel] = self.features[lib, tag][pos[sel]]
         return out
+
+    def _spot_data(self) -> SpotData:
+        from stpredict.data import SpotData
+
+        if self._spots is None:
+            self._spots = SpotData.from_object(self.adata, library_key=self.library_key, **self.spot_kwargs)
+        return self._spots
+
+    def _slide_features(self, lib: str, target: np.ndarray | None) -> np.ndarray:
+        """``(n_obs, F)`` features of slide ``lib``'s spots (NaN elsewhere), stain-matched to ``target``."""
+        from stpredict.data._features import spot_features
+        from stpredict.data._stain import slide_stain_stats, stain_matched
+
+        sd, size = self._spot_data(), float(self.patch_size_um or 0)
+        idx = np.flatnonzero(sd.library_ids == lib)
+        t0 = time.perf_counter()
+        slide = sd.subset(idx)
+        if target is not None:
+            if lib not in self.stain_stats:  # the same statistics fit and predict compute
+                self.stain_stats.update(slide_stain_stats(slide, patch_size_um=size))
+            slide = stain_matched(slide, target, patch_size_um=size, stats={lib: self.stain_stats[lib]})
+        feats = spot_features(slide, self.key, self.adata, what="cross_validate", patch_size_um=size)
+        full = np.full((len(sd.obs_names), feats.shape[1]), np.nan, dtype=np.float32)
+        full[idx] = feats
+        matched = "" if target is None else ", stain-matched to the fold's training slides"
+        logger.info(
+            f"cross_validate: image features of slide {lib!r} ({len(idx)} spots{matched}) "
+            f"in {time.perf_counter() - t0:.1f} s."
+        )
+        return full
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +352,8 @@ def cross_validate(
     - ``"oracle"``: retrieval with the embedding of the *true* held-out expression, per fitted
       method (``"oracle (cmrcnet)"``; the ceiling for retrieval with that bank and ``k``);
     - ``"image_knn"``: k-NN on hand-made colour/texture features
-      (:class:`stpredict.baselines.ImageFeatureKNN`) of the same training patches;
+      (:class:`stpredict.baselines.ImageFeatureKNN`) of the same training patches (stain-matched
+      like the model's when the first method is fitted with ``stain_normalize=True``);
     - ``"image_ridge"``: PCA + ridge regression on those features
       (:class:`stpredict.baselines.ImageFeatureRidge`).
 

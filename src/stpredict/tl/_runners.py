@@ -223,8 +223,9 @@ class FeatureRunner:
         reference = fold.reference
         patch_um = float(reference.patch["patch_size_um"])
         bank = fold.bank()["expression"]
-        train = self.features.get(np.asarray(fold.bank()["obs_names"]).astype(str), patch_um)
-        test = self.features.get(fold.truth.index, patch_um)
+        stain = reference.patch.get("stain_target")  # the model's stain matching applies to the baseline too
+        train = self.features.get(np.asarray(fold.bank()["obs_names"]).astype(str), patch_um, stain)
+        test = self.features.get(fold.truth.index, patch_um, stain)
         estimator = (
             ImageFeatureKNN(k=fold.k_for(len(bank))) if self.label == "image_knn" else ImageFeatureRidge()
         )
