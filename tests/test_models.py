@@ -360,3 +360,20 @@ def test_methods_are_siblings_not_subclasses_of_each_other():
         for b in METHODS.values():
             assert a is b or not issubclass(a, b), (a, b)
     assert not issubclass(MclSTExp, CMRCNet)
+
+
+def test_dihedral_views_are_the_eight_symmetries_made_lazily():
+    import types
+
+    import torch
+
+    from stpredict.models._base import dihedral_views
+
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    views = dihedral_views(images)
+    assert isinstance(views, types.GeneratorType)  # one rotated copy of the batch at a time
+    views = list(views)
+    assert len(views) == 8
+    assert torch.equal(views[0], images)
+    assert len({tuple(v[0, 0].flatten().tolist()) for v in views}) == 8  # all distinct
+    assert torch.equal(views[5], torch.rot90(images.flip(3), 1, dims=(2, 3)))

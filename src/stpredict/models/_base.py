@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -293,6 +294,12 @@ class ProjectedExpressionModule(ContrastiveModule):
         return self.expression_projection(expression)
 
 
-def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips/rotations of a batch ``[B, C, S, S]`` (identity first)."""
-    return [torch.rot90(v, k, dims=(2, 3)) for v in (images, images.flip(3)) for k in range(4)]
+def dihedral_views(images: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The 8 flips/rotations of a batch ``[B, C, S, S]`` (identity first), made one at a time.
+
+    Lazy, so that test-time augmentation holds one rotated copy of the batch, not eight.
+    """
+    flipped = images.flip(3)
+    for view in (images, flipped):
+        for k in range(4):
+            yield torch.rot90(view, k, dims=(2, 3))

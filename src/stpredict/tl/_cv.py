@@ -257,6 +257,7 @@ class _FeatureCache:
         self.stain_stats: dict[str, np.ndarray] = {}
         self.patch_size_um: float | None = None
         self._spots: SpotData | None = None
+        self._rows: np.ndarray | None = None
 
     def get(self, obs_names: Sequence[str], patch_size_um: float, stain_target: Any = None) -> np.ndarray:
         """Features of the spots ``obs_names`` (rows in that order)."""
@@ -278,10 +279,18 @@ class _FeatureCache:
             if (lib, tag) not in self.features:
                 self.features[lib, tag] = self._slide_features(lib, target)
         out = np.empty((len(pos), self.features[needed[0], tag].shape[1]), dtype=np.float32)
+        row = self._row_in_slide()
         for lib in needed:
             sel = sd.library_ids[pos] == lib
-            out[sel] = self.features[lib, tag][pos[sel]]
+            out[sel] = self.features[lib, tag][row[pos[sel]]]
         return out
+
+    def _row_in_slide(self) -> np.ndarray:
+        """Each spot's row among its slide's spots (the row of its slide's feature block)."""
+        if self._rows is None:
+            codes = pd.factorize(self._spot_data().library_ids)[0]
+            self._rows = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+        return self._rows
 
     def _spot_data(self) -> SpotData:
         from stpredict.data import SpotData
@@ -291,7 +300,7 @@ class _FeatureCache:
         return self._spots
 
     def _slide_features(self, lib: str, target: np.ndarray | None) -> np.ndarray:
-        """``(n_obs, F)`` features of slide ``lib``'s spots (NaN elsewhere), stain-matched to ``target``."""
+        """``(n_lib, F)`` features of slide ``lib``'s spots (in their order), stain-matched to ``target``."""
         from stpredict.data._features import spot_features
         from stpredict.data._stain import slide_stain_stats, stain_matched
 
@@ -304,14 +313,12 @@ class _FeatureCache:
                 self.stain_stats.update(slide_stain_stats(slide, patch_size_um=size))
             slide = stain_matched(slide, target, patch_size_um=size, stats={lib: self.stain_stats[lib]})
         feats = spot_features(slide, self.key, self.adata, what="cross_validate", patch_size_um=size)
-        full = np.full((len(sd.obs_names), feats.shape[1]), np.nan, dtype=np.float32)
-        full[idx] = feats
         matched = "" if target is None else ", stain-matched to the fold's training slides"
         logger.info(
             f"cross_validate: image features of slide {lib!r} ({len(idx)} spots{matched}) "
             f"in {time.perf_counter() - t0:.1f} s."
         )
-        return full
+        return np.asarray(feats, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
