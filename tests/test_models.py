@@ -377,3 +377,16 @@ def test_dihedral_views_are_the_eight_symmetries_made_lazily():
     assert torch.equal(views[0], images)
     assert len({tuple(v[0, 0].flatten().tolist()) for v in views}) == 8  # all distinct
     assert torch.equal(views[5], torch.rot90(images.flip(3), 1, dims=(2, 3)))
+
+
+def test_default_embedding_batch_bounds_cpu_memory_for_large_patches():
+    import torch
+
+    from stpredict.models._fitted import image_batch_size
+
+    cpu = torch.device("cpu")
+    assert image_batch_size(64, cpu) == 256
+    assert image_batch_size(112, cpu) == 256
+    assert image_batch_size(224, cpu) == 64
+    assert image_batch_size(2048, cpu) == 16  # never below 16
+    assert image_batch_size(224, torch.device("cuda")) == 256  # activations live on the device

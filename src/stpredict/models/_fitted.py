@@ -150,7 +150,7 @@ class STPredictModel:
         self,
         patches: np.ndarray,
         *,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         device: str | torch.device = "cpu",
         progress: bool = True,
     ) -> np.ndarray:
@@ -162,7 +162,9 @@ class STPredictModel:
             ``uint8`` array ``(n, S, S, 3)`` with ``S == model.patch["size"]``, or a
             :class:`~stpredict.data.SlidePatches` (cut from the slides batch by batch).
         batch_size
-            Patches per forward pass.
+            Patches per forward pass; ``None``: 256 on a GPU, and on a CPU as many as hold
+            256 × 112² pixels (256 at ≤ 112 px, 64 at 224 px), which bounds the activations'
+            host memory.
         device
             ``"cpu"``, ``"cuda"``, ``"auto"``, ...; the module is moved there.
         progress
@@ -191,6 +193,8 @@ class STPredictModel:
         def encode(start: int, stop: int, dev: torch.device) -> torch.Tensor:
             return self._encode_views(to_tensor(patches[start:stop], self.patch.mean, self.patch.std).to(dev))
 
+        if batch_size is None:
+            batch_size = image_batch_size(size, resolve_device(device))
         return self._embed_batches(len(patches), batch_size, device, progress, "embedding images", encode)
 
     def embed_features(
@@ -228,11 +232,14 @@ class STPredictModel:
 
         return self._embed_batches(len(features), batch_size, device, progress, "embedding features", encode)
 
-    def embed_inputs(self, inputs: np.ndarray, **kwargs: Any) -> np.ndarray:
-        """:meth:`embed_features` or :meth:`embed_images`, whichever the model's image input is."""
+    def embed_inputs(self, inputs: np.ndarray, *, batch_size: int | None = None, **kwargs: Any) -> np.ndarray:
+        """:meth:`embed_features` or :meth:`embed_images`, whichever the model's image input is.
+
+        ``batch_size=None``: each one's default.
+        """
         if self._takes_features:
-            return self.embed_features(inputs, **kwargs)
-        return self.embed_images(inputs, **kwargs)
+            return self.embed_features(inputs, batch_size=batch_size or 1024, **kwargs)
+        return self.embed_images(inputs, batch_size=batch_size, **kwargs)
 
     def embed_expression(
         self,
@@ -488,6 +495,18 @@ class _eval_mode:
 
     def __exit__(self, *exc: object) -> None:
         self.module.train(self.was_training)
+
+
+# patches × pixels of one CPU embedding batch (256 patches at 112 px): at 224 px, 256 patches'
+# activations take ~1.6 GiB of RAM in a small CNN, 64 about a quarter of it
+_CPU_BATCH_PIXELS = 256 * 112 * 112
+
+
+def image_batch_size(size: int, device: torch.device) -> int:
+    """Default patches per embedding batch: 256 on an accelerator, fewer for large patches on a CPU."""
+    if device.type != "cpu":
+        return 256
+    return int(max(16, min(256, _CPU_BATCH_PIXELS // (size * size))))
 
 
 def _saved_bank(info: Any, arrays: dict[str, np.ndarray], where: str) -> ReferenceBank | None:

@@ -112,7 +112,7 @@ def predict(
     key_added: str = "stpredict",
     copy: bool = False,
     overwrite: bool = False,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     library_key: str = "library_id",
     table_key: str | None = None,
@@ -179,7 +179,8 @@ def predict(
     overwrite
         Replace entries under ``key_added`` that stpredict did not write.
     batch_size
-        Patches embedded per forward pass.
+        Patches embedded per forward pass; ``None``: 256 on a GPU, fewer for large patches on a
+        CPU (:meth:`~stpredict.models.STPredictModel.embed_images`).
     device
         ``"auto"`` (``stp.settings.device``: CUDA, then MPS, then CPU) or a torch device name.
     library_key
@@ -226,7 +227,8 @@ def predict(
 
     # ---- validate the input and the arguments before loading the model or computing anything
     check_key(key_added, what="predict: `key_added`")
-    check_int(batch_size, what="predict: `batch_size`")
+    if batch_size is not None:
+        check_int(batch_size, what="predict: `batch_size`")
     smooth, smooth_radius = check_smoothing(smooth, smooth_radius, what="predict")
     if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"predict: `weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
@@ -335,7 +337,7 @@ def _retrieve(
     k, weighting, temperature = settings
 
     queries = model.embed_inputs(
-        _image_input(model, sd, data), batch_size=int(batch_size), device=device, progress=progress
+        _image_input(model, sd, data), batch_size=batch_size, device=device, progress=progress
     )
     model.module.to("cpu")
     found = retrieve(
