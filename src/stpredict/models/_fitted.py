@@ -237,9 +237,11 @@ class STPredictModel:
 
         ``batch_size=None``: each one's default.
         """
+        if batch_size is not None:
+            kwargs["batch_size"] = batch_size
         if self._takes_features:
-            return self.embed_features(inputs, batch_size=batch_size or 1024, **kwargs)
-        return self.embed_images(inputs, batch_size=batch_size, **kwargs)
+            return self.embed_features(inputs, **kwargs)
+        return self.embed_images(inputs, **kwargs)
 
     def embed_expression(
         self,

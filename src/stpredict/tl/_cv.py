@@ -277,7 +277,7 @@ class _FeatureCache:
         needed = pd.unique(sd.library_ids[pos])
         for lib in needed:
             if (lib, tag) not in self.features:
-                self.features[lib, tag] = self._slide_features(lib, target)
+                self.features[lib, tag] = self._slide_features(lib, patch_size_um, target)
         out = np.empty((len(pos), self.features[needed[0], tag].shape[1]), dtype=np.float32)
         row = self._row_in_slide()
         for lib in needed:
@@ -299,12 +299,15 @@ class _FeatureCache:
             self._spots = SpotData.from_object(self.adata, library_key=self.library_key, **self.spot_kwargs)
         return self._spots
 
-    def _slide_features(self, lib: str, target: np.ndarray | None) -> np.ndarray:
-        """``(n_lib, F)`` features of slide ``lib``'s spots (in their order), stain-matched to ``target``."""
+    def _slide_features(self, lib: str, size: float, target: np.ndarray | None) -> np.ndarray:
+        """``(n_lib, F)`` features of slide ``lib``'s spots (in their order).
+
+        Patches of ``size`` µm, stain-matched to ``target`` when one is given.
+        """
         from stpredict.data._features import spot_features
         from stpredict.data._stain import slide_stain_stats, stain_matched
 
-        sd, size = self._spot_data(), float(self.patch_size_um or 0)
+        sd = self._spot_data()
         idx = np.flatnonzero(sd.library_ids == lib)
         t0 = time.perf_counter()
         slide = sd.subset(idx)
