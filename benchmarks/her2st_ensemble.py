@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from her2st_ablation import _CV_KEYS, VARIANTS, add_handmade_features  # noqa: E402
+from her2st_ablation import _CV_KEYS, FEATURES_KEY, VARIANTS, add_handmade_features  # noqa: E402
 from her2st_cv import load_her2st  # noqa: E402
 
 RECIPE = "features:handmade_30ep+stain+smooth0.5"
@@ -42,7 +42,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def ensemble(members: list):
-    """The first member, retrieving with the concatenated unit embeddings of all members."""
+    """The first member, retrieving with the concatenated unit embeddings of all members.
+
+    Only the prediction is meaningful: the OOD reference stays the first member's.
+    """
     lead = members[0]
     names = np.asarray(lead.bank.obs_names)
     for other in members[1:]:
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     adata = load_her2st(args.data_dir, ["C2", "C3", "C4", "C5"])
-    add_handmade_features(adata)
     method, overrides = VARIANTS[RECIPE]
+    if overrides.get("image_features") == FEATURES_KEY:
+        add_handmade_features(adata)
     cv_options = {key: overrides[key] for key in _CV_KEYS if key in overrides}
     fit_overrides = {key: v for key, v in overrides.items() if key not in _CV_KEYS}
     real_fit = fit_module.fit
