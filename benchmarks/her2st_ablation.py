@@ -105,6 +105,12 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = _variants()
 
 
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A variant's keywords as (``cross_validate``'s own options, ``tl.fit`` overrides)."""
+    cv_options = {key: overrides[key] for key in _CV_KEYS if key in overrides}
+    return cv_options, {key: v for key, v in overrides.items() if key not in _CV_KEYS}
+
+
 def run(args: argparse.Namespace) -> None:
     """Cross-validate each (variant, seed) and append its summary to the JSONL file."""
     import stpredict as stp
@@ -116,8 +122,7 @@ def run(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
         method, overrides = VARIANTS[name]
-        cv_options = {key: overrides[key] for key in _CV_KEYS if key in overrides}
-        fit_overrides = {key: v for key, v in overrides.items() if key not in _CV_KEYS}
+        cv_options, fit_overrides = split_overrides(overrides)
         for seed in args.seeds:
             start = time.perf_counter()
             res = stp.tl.cross_validate(

@@ -30,15 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from her2st_ablation import _CV_KEYS, FEATURES_KEY, VARIANTS, add_handmade_features  # noqa: E402
+from her2st_ablation import FEATURES_KEY, VARIANTS, add_handmade_features, split_overrides  # noqa: E402
 from her2st_cv import load_her2st  # noqa: E402
+from her2st_image_keys import unit_rows  # noqa: E402
 
 RECIPE = "features:handmade_30ep+stain+smooth0.5"
 SEED_STRIDE = 1000  # member j of seed s is fitted with seed s + 1000 j
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def ensemble(members: list):
@@ -51,13 +48,13 @@ def ensemble(members: list):
     for other in members[1:]:
         if not np.array_equal(np.asarray(other.bank.obs_names), names):
             raise ValueError("ensemble: the members' banks hold different spots")
-    keys = np.concatenate([_unit(np.asarray(m.bank.embeddings)) for m in members], axis=1)
+    keys = np.concatenate([unit_rows(np.asarray(m.bank.embeddings)) for m in members], axis=1)
     lead.bank = dataclasses.replace(lead.bank, embeddings=keys.astype(np.float32))
 
     embeds = [m.embed_inputs for m in members]  # bound before the lead's is shadowed
 
     def embed_inputs(inputs, **kwargs):
-        return np.concatenate([_unit(embed(inputs, **kwargs)) for embed in embeds], axis=1)
+        return np.concatenate([unit_rows(embed(inputs, **kwargs)) for embed in embeds], axis=1)
 
     lead.embed_inputs = embed_inputs  # instance attribute: shadows the method for this model only
     return lead
@@ -87,8 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     method, overrides = VARIANTS[RECIPE]
     if overrides.get("image_features") == FEATURES_KEY:
         add_handmade_features(adata)
-    cv_options = {key: overrides[key] for key in _CV_KEYS if key in overrides}
-    fit_overrides = {key: v for key, v in overrides.items() if key not in _CV_KEYS}
+    cv_options, fit_overrides = split_overrides(overrides)
     real_fit = fit_module.fit
     try:
         for n_members in args.members:

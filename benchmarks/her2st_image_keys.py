@@ -38,7 +38,8 @@ from her2st_cv import load_her2st  # noqa: E402
 RECIPE = "features:handmade_30ep+smooth0.5"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length."""
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -49,9 +50,9 @@ def swap_keys(model, train, keys: str):
     bank = model.bank
     names = np.asarray(bank["obs_names"]).astype(str)
     features = np.asarray(train.obsm[FEATURES_KEY])[train.obs_names.get_indexer(names)]
-    new = _unit(model.embed_features(features, progress=False))
+    new = unit_rows(model.embed_features(features, progress=False))
     if keys == "both":
-        new = new + _unit(np.asarray(bank["embeddings"]))
+        new = new + unit_rows(np.asarray(bank["embeddings"]))
     model.set_bank(np.asarray(bank["expression"]), new, library_id=bank["library_id"], obs_names=names)
     return model
 
