@@ -76,6 +76,15 @@ _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
         )
         for t in (0.03, 0.1)
     ),
+    # n networks (seeds s, s + 1000, ...) retrieving by their mean cosine (fit(n_members=n))
+    *(
+        (
+            f"features:handmade_30ep+stain+smooth0.5+ensemble{n}",
+            "features:handmade_30ep+stain+smooth0.5",
+            {"n_members": n},
+        )
+        for n in (2, 3, 5, 10)
+    ),
 ]
 _STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
 

@@ -42,6 +42,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "cmrcnet",
         {"image_features": "handmade", "epochs": 30, "lr": 1e-3, "reconstruction": None},
     ),
+    # three networks of cmrcnet_features (seeds s, s + 1000, s + 2000) retrieving by their mean cosine
+    "cmrcnet_features_ensemble3": (
+        "cmrcnet",
+        {"image_features": "handmade", "epochs": 30, "lr": 1e-3, "n_members": 3},
+    ),
     "bleep_features": ("bleep", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
     "mclstexp_features": ("mclstexp", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
 }

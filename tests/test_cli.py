@@ -207,3 +207,12 @@ def test_predict_to_zarr_and_errors(small_h5ad, tmp_path, capsys):
         == 1
     )
     assert ".h5ad or .zarr" in capsys.readouterr().err
+
+
+def test_fit_command_trains_an_ensemble(small_h5ad, tmp_path):
+    model_dir = tmp_path / "model"
+    argv = ["-q", "fit", str(small_h5ad), "--out", str(model_dir), "--preset", "tiny", "--epochs", "1"]
+    assert main([*argv, "--seed", "3", "--n-members", "2", "--no-progress", "--device", "cpu"]) == 0
+    model = stp.models.load(model_dir)
+    assert model.n_members == 2
+    assert [m["seed"] for m in model.training["members"]] == [3, 1003]

@@ -204,7 +204,7 @@ _FIT_FLAGS = {
 }
 _FIT_ONLY_FLAGS = (
     "batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction",
-    "image_features", "patch_cache",
+    "image_features", "patch_cache", "n_members",
 )  # fmt: skip
 
 
@@ -391,6 +391,12 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for an on-disk (zarr) cache of the training patches, cut once and read every epoch",
     )
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--n-members",
+        type=int,
+        default=None,
+        help="train this many networks (seeds seed + 1000 j) that retrieve together (default: 1)",
+    )
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint after every epoch")
     p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")
     p.add_argument("--library-key", default="library_id")

@@ -4,13 +4,15 @@
 ``name``); each class's ``presets`` map a preset name to a typed :class:`Preset` (network,
 training and retrieval defaults). :class:`STPredictModel` wraps a trained module with its genes,
 :class:`PatchSpec`, :class:`RetrievalSpec`, :class:`Normalization` and :class:`ReferenceBank`;
-:func:`load` reads a model saved with :meth:`STPredictModel.save`.
+:func:`load` reads a model saved with :meth:`STPredictModel.save`; :class:`Ensemble` holds several
+networks of one method that retrieve together (``tl.fit(n_members=...)``).
 """
 
 from __future__ import annotations
 
 from ._base import ContrastiveModule, RetrievalModule
 from ._encoders import FeatureEncoder, ImageEncoder, build_image_encoder
+from ._ensemble import Ensemble
 from ._fitted import STPredictModel
 from ._io import FORMAT_NAME, FORMAT_VERSION
 from ._losses import info_nce_loss, reconstruction_loss, soft_clip_loss
@@ -27,6 +29,7 @@ __all__ = [
     "PRESETS",
     "STPredictModel",
     "load",
+    "Ensemble",
     "RetrievalModule",
     "ContrastiveModule",
     "CMRCNet",

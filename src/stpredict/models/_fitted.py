@@ -14,7 +14,8 @@ from torch import nn
 from stpredict._device import resolve_device
 
 from ._base import RetrievalModule, dihedral_views
-from ._io import build_saved_module, read_model_folder, write_model_folder
+from ._ensemble import Ensemble, members_of
+from ._io import build_saved_modules, read_model_folder, write_model_folder
 from ._registry import METHODS
 from ._specs import Normalization, PatchSpec, ReferenceBank, RetrievalSpec
 
@@ -31,7 +32,7 @@ class STPredictModel:
     method
         Key in :data:`stpredict.models.METHODS` (``"cmrcnet"``, ``"bleep"``, ``"mclstexp"``).
     module
-        The trained :class:`RetrievalModule`.
+        The trained :class:`RetrievalModule`, or an ensemble of several (``fit(n_members=...)``).
     genes
         Gene names, in the order of the expression vectors.
     normalization
@@ -63,7 +64,7 @@ class STPredictModel:
     def __init__(
         self,
         method: str,
-        module: RetrievalModule,
+        module: RetrievalModule | Ensemble,
         *,
         genes: Sequence[str],
         normalization: dict[str, Any] | None = None,
@@ -75,11 +76,12 @@ class STPredictModel:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"STPredictModel: method={method!r}; expected one of {sorted(METHODS)}.")
-        if not isinstance(module, METHODS[method]):
-            raise TypeError(
-                f"STPredictModel: module is a {type(module).__name__}; expected {METHODS[method].__name__} "
-                f"for method={method!r}."
-            )
+        for part in members_of(module):
+            if not isinstance(part, METHODS[method]):
+                raise TypeError(
+                    f"STPredictModel: module is a {type(part).__name__}; expected {METHODS[method].__name__} "
+                    f"(or an Ensemble of them) for method={method!r}."
+                )
         genes = [str(g) for g in genes]
         if len(genes) != module.n_genes:
             raise ValueError(
@@ -108,6 +110,11 @@ class STPredictModel:
     def config(self) -> dict[str, Any]:
         """The module's hyper-parameters."""
         return self.module.config
+
+    @property
+    def n_members(self) -> int:
+        """How many networks retrieve together (1, or the ensemble's size)."""
+        return len(members_of(self.module))
 
     @property
     def embedding_dim(self) -> int:
@@ -405,6 +412,7 @@ class STPredictModel:
             "torch_version": torch.__version__,
             "method": self.method,
             "n_genes": len(self.genes),
+            "n_members": self.n_members,
             "config": self.config,
             "genes": self.genes,
             "normalization": self.normalization.to_dict(),
@@ -441,7 +449,7 @@ class STPredictModel:
 
         meta, state, arrays = read_model_folder(path, methods=METHODS)
         where = str(Path(path) / "config.json")
-        module = build_saved_module(METHODS[meta["method"]], meta, state, where)
+        module = build_saved_modules(METHODS[meta["method"]], meta, state, where)
         model = cls(
             meta["method"],
             module,
@@ -475,6 +483,8 @@ class STPredictModel:
             ),
             f"    retrieval: k={self.retrieval.k}, weighting={self.retrieval.weighting!r}",
         ]
+        if self.n_members > 1:
+            lines.append(f"    ensemble: {self.n_members} networks, retrieving by their mean cosine")
         if self.bank is None:
             lines.append("    bank: not set")
         else:

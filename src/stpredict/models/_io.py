@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "build_saved_module", "read_model_folder", "write_model_folder"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "build_saved_modules", "read_model_folder", "write_model_folder"]
 
 FORMAT_NAME = "stpredict-model"
-FORMAT_VERSION = 2  # 2: config.json records the sha256 of the weight files
+MAX_MEMBERS = 64  # a saved ensemble may hold at most this many networks
+FORMAT_VERSION = 3  # 2: config.json records the sha256 of the weight files; 3: ensembles (n_members)
 MODEL_FILE, BANK_FILE, CONFIG_FILE = "model.safetensors", "bank.safetensors", "config.json"
 _LOAD = "stpredict.models.load"
 
@@ -281,3 +282,29 @@ def build_saved_module(cls: type, meta: dict[str, Any], state: dict[str, torch.T
     except RuntimeError as err:
         raise ValueError(f"{_LOAD}: weights in {where!r} do not match the config: {err}") from err
     return module
+
+
+def build_saved_modules(cls: type, meta: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> Any:
+    """The saved module, or the :class:`~stpredict.models._ensemble.Ensemble` of ``meta["n_members"]``.
+
+    An ensemble's weights are those of member ``j`` under the prefix ``members.<j>.``.
+    """
+    from ._ensemble import Ensemble
+
+    n = meta.get("n_members", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_MEMBERS:
+        raise ValueError(
+            f"{_LOAD}: n_members={n!r} in {where!r}; expected an integer from 1 to {MAX_MEMBERS}."
+        )
+    if n == 1:
+        return build_saved_module(cls, meta, state, where)
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        index, _, name = rest.partition(".")
+        if head != "members" or not index.isdigit() or int(index) >= n:
+            raise ValueError(
+                f"{_LOAD}: weight {key!r} of an ensemble of {n} in {where!r} is not 'members.<j>.<name>'."
+            )
+        parts[int(index)][name] = value
+    return Ensemble([build_saved_module(cls, meta, part, where) for part in parts])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The model fitted last in this session; `stp.tl.predict(data)` uses it when no model is given.
 _LAST_MODEL: dict[str, Any] = {"model": None}
+MEMBER_SEED_STRIDE = 1000  # member j of an ensemble is trained with seed + 1000 j
 
 
 def last_model() -> STPredictModel:
@@ -150,6 +152,7 @@ def fit(
     select_epoch: SelectEpoch | None = None,
     device: str = "auto",
     seed: int | None = None,
+    n_members: int = 1,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     num_workers: int | None = None,
@@ -220,8 +223,15 @@ def fit(
         MPS, then CPU), or a torch device name.
     seed
         Seed of the split, the initialisation and the shuffling; ``None``: ``stp.settings.seed``.
+    n_members
+        Train this many networks, member ``j`` with seed ``seed + 1000 j`` (its own validation
+        split, initialisation and shuffling), and retrieve with all of them: a query's similarity
+        to a bank spot is the mean of the members' cosine similarities. Costs ``n_members`` times
+        the training and embedding time; on her2st three members of the best feature recipe gain
+        more than the seed spread (``docs/her2st.md``). ``1``: one network.
     checkpoint_dir
-        Folder to write a checkpoint to after every epoch; needed to ``resume``.
+        Folder to write a checkpoint to after every epoch; needed to ``resume``. With
+        ``n_members > 1`` member ``j ≥ 1`` checkpoints in its subfolder ``member-<j>``.
     resume
         Continue an interrupted run from ``checkpoint_dir`` (same data and settings).
     num_workers
@@ -301,7 +311,7 @@ def fit(
         image_features=image_features, seed=seed, num_workers=num_workers, resume=resume,
         checkpoint_dir=checkpoint_dir, n_top_genes=n_top_genes, patch_size_um=patch_size_um,
         library_key=library_key, stream=stream, progress=progress, stain_normalize=stain_normalize,
-        compile=compile, patch_cache=patch_cache,
+        compile=compile, patch_cache=patch_cache, n_members=n_members,
         overrides={
             "epochs": _optional(check_int, epochs, "epochs"),
             "batch_size": _optional(check_int, batch_size, "batch_size"),
@@ -312,15 +322,11 @@ def fit(
         },
     )  # fmt: skip
     sd, expr, features, stain = _training_data(plan, data, genes, table_key=table_key, layer=layer)
-    module, recipe = _network_and_recipe(plan, expr, features)
-    parts = _datasets(plan, sd, expr, module, recipe, features)
-    result = _train(plan, module, recipe, parts, sd, expr)
-    model = _fitted_model(plan, module, sd, expr, recipe, result, parts, stain)
+    runs = _train_members(plan, sd, expr, features)
+    model = _fitted_model(plan, runs, sd, expr, stain)
     _LAST_MODEL["model"] = model
-    logger.info(
-        f"fit: done; reference bank of {len(sd.obs_names)} spots, "
-        f"best epoch {result.best_epoch} of {result.epochs_run}"
-    )
+    best = ", ".join(f"{r.result.best_epoch} of {r.result.epochs_run}" for r in runs)
+    logger.info(f"fit: done; reference bank of {len(sd.obs_names)} spots, best epoch {best}")
     return model
 
 
@@ -347,7 +353,9 @@ class _FitPlan:
     stain_normalize: bool
     compile: bool
     patch_cache: str | os.PathLike | None
+    n_members: int
     overrides: dict[str, Any]
+    member: int = 0  # which member of an ensemble this plan trains
 
 
 def _plan(
@@ -378,8 +386,17 @@ def _plan(
         stain_normalize=check_flag(options["stain_normalize"], what="fit: `stain_normalize`"),
         compile=check_flag(options["compile"], what="fit: `compile`"),
         patch_cache=_patch_cache_folder(options["patch_cache"], options["image_features"]),
-        overrides=options["overrides"],
+        n_members=_n_members(options["n_members"]), overrides=options["overrides"],
     )  # fmt: skip
+
+
+def _n_members(value: Any) -> int:
+    from stpredict.models._io import MAX_MEMBERS
+
+    n = check_int(value, what="fit: `n_members`")
+    if n > MAX_MEMBERS:
+        raise ValueError(f"fit: n_members={n}; at most {MAX_MEMBERS} networks fit in one saved model.")
+    return n
 
 
 def _training_data(plan: _FitPlan, data, genes, *, table_key, layer):
@@ -412,6 +429,49 @@ def _training_data(plan: _FitPlan, data, genes, *, table_key, layer):
         else _read_features(sd, plan.image_features, data, plan.config, plan.patch_size_um)
     )
     return sd, expr, features, stain
+
+
+class _Run(NamedTuple):
+    """One trained member: its module, recipe, datasets (split) and training result."""
+
+    module: Any
+    recipe: Any
+    parts: Any
+    result: Any
+
+
+def _train_members(plan: _FitPlan, sd, expr: _Expression, features: np.ndarray | None) -> list[_Run]:
+    """Steps 3–5 once per member; an interrupted member ends the ensemble there."""
+    runs: list[_Run] = []
+    for j, member in enumerate(_member_plans(plan)):
+        if plan.n_members > 1:
+            logger.info(f"fit: member {j + 1} of {plan.n_members} (seed {member.seed})")
+        module, recipe = _network_and_recipe(member, expr, features)
+        parts = _datasets(member, sd, expr, module, recipe, features)
+        runs.append(_Run(module, recipe, parts, _train(member, module, recipe, parts, sd, expr)))
+        if runs[-1].result.interrupted and j + 1 < plan.n_members:
+            logger.warning(
+                f"fit: the model holds the {j + 1} member(s) trained so far, not {plan.n_members}."
+            )
+            break
+    return runs
+
+
+def _member_plans(plan: _FitPlan) -> list[_FitPlan]:
+    """Each member's plan: member j has seed ``seed + 1000 j``.
+
+    Member j ≥ 1 checkpoints in ``checkpoint_dir/member-<j>`` and resumes only from a checkpoint
+    there (a member the interruption never reached starts afresh).
+    """
+    from stpredict.train import CHECKPOINT_NAME
+
+    plans = [plan]
+    for j in range(1, plan.n_members):
+        folder = None if plan.checkpoint_dir is None else Path(plan.checkpoint_dir) / f"member-{j}"
+        resume = plan.resume and folder is not None and (folder / CHECKPOINT_NAME).exists()
+        seed = plan.seed + MEMBER_SEED_STRIDE * j
+        plans.append(dataclasses.replace(plan, seed=seed, checkpoint_dir=folder, resume=resume, member=j))
+    return plans
 
 
 def _network_and_recipe(plan: _FitPlan, expr: _Expression, features: np.ndarray | None):
@@ -473,7 +533,8 @@ def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
         num_workers=plan.num_workers, compile=plan.compile, batch_sampler=parts.batch_sampler,
         progress=plan.progress, score=score, batch_transform=parts.batch_transform,
     )  # fmt: skip
-    _restore_best(module, result, recipe.epochs, plan.checkpoint_dir)
+    root = plan.checkpoint_dir if plan.member == 0 else Path(str(plan.checkpoint_dir)).parent
+    _restore_best(module, result, recipe.epochs, root)
     return result
 
 
@@ -596,11 +657,18 @@ def _restore_best(module, result, epochs: int, checkpoint_dir) -> None:
 
 
 def _fitted_model(
-    plan: _FitPlan, module, sd, expr: _Expression, recipe, result, parts, stain: np.ndarray | None
+    plan: _FitPlan, runs: list[_Run], sd, expr: _Expression, stain: np.ndarray | None
 ) -> STPredictModel:
-    """Step 6: the :class:`STPredictModel` with its reference bank of every spot."""
-    from stpredict.models import STPredictModel
+    """Step 6: the :class:`STPredictModel` (the members' ensemble) with its reference bank of every spot.
 
+    Patches, split sizes and history are the first member's.
+    """
+    from stpredict.models import STPredictModel
+    from stpredict.models._ensemble import Ensemble
+
+    module, recipe, parts, result = runs[0]
+    if len(runs) > 1:
+        module = Ensemble([run.module for run in runs])
     model = STPredictModel(
         plan.method,
         module,
@@ -624,9 +692,10 @@ def _fitted_model(
             "seed": plan.seed,
             "device": plan.device,
             "checkpoint_dir": None if plan.checkpoint_dir is None else str(plan.checkpoint_dir),
-            "interrupted": bool(result.interrupted),
+            "interrupted": any(bool(run.result.interrupted) for run in runs),
             "library_key": plan.library_key,
             "libraries": list(sd.libraries),
+            **_members_record(plan, runs),
         },
     )
     model.set_bank(
@@ -644,6 +713,24 @@ def _fitted_model(
     model.retrieval.ood_reference = _ood_reference(model, inputs, plan.device)
     model.module.to("cpu")
     return model
+
+
+def _members_record(plan: _FitPlan, runs: list[_Run]) -> dict[str, Any]:
+    """``training["members"]``: each member's seed and epochs, for an ensemble."""
+    if plan.n_members == 1:
+        return {}
+    return {
+        "n_members": len(runs),
+        "members": [
+            {
+                "seed": plan.seed + MEMBER_SEED_STRIDE * j,
+                "best_epoch": run.result.best_epoch,
+                "epochs_run": run.result.epochs_run,
+                "interrupted": bool(run.result.interrupted),
+            }
+            for j, run in enumerate(runs)
+        ],
+    }
 
 
 def _ood_reference(model: STPredictModel, inputs: np.ndarray, device: str) -> dict[str, float]:
