@@ -181,3 +181,23 @@ def test_cross_validate_fits_ensembles(caplog):
     assert sum("fit: member 2 of 2" in r.getMessage() for r in caplog.records) == 3  # once per fold
     assert list(res.summary.index) == ["two", "random"]
     assert np.isfinite(res.summary.loc["two"]).all()
+
+
+def test_ctrl_c_before_a_members_first_epoch_keeps_the_members_so_far(slides, monkeypatch):
+    import stpredict.train as train_mod
+
+    real = train_mod._run_epoch
+    calls = {"n": 0}
+
+    def interrupt_member_2_at_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # member 1: 2 epochs × (train, val); member 2: Ctrl-C in its first epoch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_run_epoch", interrupt_member_2_at_once)
+    model = stp.tl.fit(slides[0], n_members=3, **FIT)
+    assert model.n_members == 1
+    assert model.training["interrupted"] is True
+    assert [m["seed"] for m in model.training["members"]] == [5]
+    assert model.bank is not None

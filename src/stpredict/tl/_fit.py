@@ -441,17 +441,28 @@ class _Run(NamedTuple):
 
 
 def _train_members(plan: _FitPlan, sd, expr: _Expression, features: np.ndarray | None) -> list[_Run]:
-    """Steps 3–5 once per member; an interrupted member ends the ensemble there."""
+    """Steps 3–5 once per member; an interruption (Ctrl-C) ends the ensemble at the members so far.
+
+    Only the first member keeps its datasets (the model's patches and split sizes are its).
+    """
     runs: list[_Run] = []
     for j, member in enumerate(_member_plans(plan)):
         if plan.n_members > 1:
             logger.info(f"fit: member {j + 1} of {plan.n_members} (seed {member.seed})")
-        module, recipe = _network_and_recipe(member, expr, features)
-        parts = _datasets(member, sd, expr, module, recipe, features)
-        runs.append(_Run(module, recipe, parts, _train(member, module, recipe, parts, sd, expr)))
-        if runs[-1].result.interrupted and j + 1 < plan.n_members:
+        try:
+            module, recipe = _network_and_recipe(member, expr, features)
+            parts = _datasets(member, sd, expr, module, recipe, features)
+            result = _train(member, module, recipe, parts, sd, expr)
+        except KeyboardInterrupt:
+            if not runs:
+                raise
+            result = None
+        if result is not None:
+            runs.append(_Run(module, recipe, parts if j == 0 else None, result))
+        if len(runs) < plan.n_members and (result is None or result.interrupted):
             logger.warning(
-                f"fit: the model holds the {j + 1} member(s) trained so far, not {plan.n_members}."
+                f"fit: interrupted; the model holds the {len(runs)} member(s) trained so far, "
+                f"not {plan.n_members}."
             )
             break
     return runs
@@ -692,7 +703,7 @@ def _fitted_model(
             "seed": plan.seed,
             "device": plan.device,
             "checkpoint_dir": None if plan.checkpoint_dir is None else str(plan.checkpoint_dir),
-            "interrupted": any(bool(run.result.interrupted) for run in runs),
+            "interrupted": len(runs) < plan.n_members or any(bool(r.result.interrupted) for r in runs),
             "library_key": plan.library_key,
             "libraries": list(sd.libraries),
             **_members_record(plan, runs),
