@@ -201,3 +201,24 @@ def test_ctrl_c_before_a_members_first_epoch_keeps_the_members_so_far(slides, mo
     assert model.training["interrupted"] is True
     assert [m["seed"] for m in model.training["members"]] == [5]
     assert model.bank is not None
+
+
+def test_interrupted_member_without_checkpoints_names_no_folder(slides, monkeypatch, caplog):
+    import stpredict.train as train_mod
+
+    real = train_mod._run_epoch
+    calls = {"n": 0}
+
+    def interrupt_in_member_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # member 1: 2 epochs × (train, val); member 2: epoch 1, then Ctrl-C in epoch 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_run_epoch", interrupt_in_member_2)
+    with caplog.at_level("WARNING", logger="stpredict"):
+        model = stp.tl.fit(slides[0], n_members=2, **FIT)
+    assert model.training["interrupted"] is True
+    warned = [r.getMessage() for r in caplog.records if "training was interrupted" in r.getMessage()]
+    assert len(warned) == 1
+    assert "checkpoint_dir" not in warned[0]

@@ -432,8 +432,9 @@ def _training_data(plan: _FitPlan, data, genes, *, table_key, layer):
 
 
 class _Run(NamedTuple):
-    """One trained member: its module, recipe, datasets (split) and training result."""
+    """One trained member: its seed, module, recipe, datasets (split) and training result."""
 
+    seed: int
     module: Any
     recipe: Any
     parts: Any
@@ -458,7 +459,7 @@ def _train_members(plan: _FitPlan, sd, expr: _Expression, features: np.ndarray |
                 raise
             result = None
         if result is not None:
-            runs.append(_Run(module, recipe, parts if j == 0 else None, result))
+            runs.append(_Run(member.seed, module, recipe, parts if j == 0 else None, result))
         if len(runs) < plan.n_members and (result is None or result.interrupted):
             logger.warning(
                 f"fit: interrupted; the model holds the {len(runs)} member(s) trained so far, "
@@ -544,7 +545,9 @@ def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
         num_workers=plan.num_workers, compile=plan.compile, batch_sampler=parts.batch_sampler,
         progress=plan.progress, score=score, batch_transform=parts.batch_transform,
     )  # fmt: skip
-    root = plan.checkpoint_dir if plan.member == 0 else Path(str(plan.checkpoint_dir)).parent
+    root = plan.checkpoint_dir  # what the user passed: member j ≥ 1 checkpoints in root/member-<j>
+    if plan.member and root is not None:
+        root = Path(root).parent
     _restore_best(module, result, recipe.epochs, root)
     return result
 
@@ -677,7 +680,7 @@ def _fitted_model(
     from stpredict.models import STPredictModel
     from stpredict.models._ensemble import Ensemble
 
-    module, recipe, parts, result = runs[0]
+    _, module, recipe, parts, result = runs[0]
     if len(runs) > 1:
         module = Ensemble([run.module for run in runs])
     model = STPredictModel(
@@ -734,12 +737,12 @@ def _members_record(plan: _FitPlan, runs: list[_Run]) -> dict[str, Any]:
         "n_members": len(runs),
         "members": [
             {
-                "seed": plan.seed + MEMBER_SEED_STRIDE * j,
+                "seed": run.seed,
                 "best_epoch": run.result.best_epoch,
                 "epochs_run": run.result.epochs_run,
                 "interrupted": bool(run.result.interrupted),
             }
-            for j, run in enumerate(runs)
+            for run in runs
         ],
     }
 
