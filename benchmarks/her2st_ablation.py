@@ -72,7 +72,7 @@ _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
         (
             f"features:handmade_30ep+stain+smooth0.5+softmax{t:g}",
             "features:handmade_30ep+stain+smooth0.5",
-            {"weighting": "softmax", "temperature": t},
+            {"weighting": "softmax", "retrieval_temperature": t},
         )
         for t in (0.03, 0.1)
     ),
@@ -85,11 +85,42 @@ _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
         )
         for n in (2, 3, 5, 10)
     ),
+    # training items read one of 8 views of each patch (shifted by <= 12.5 %, HED-jittered by 0.05:
+    # the cpu preset's translate and stain_jitter), fit(feature_views=8)
+    (
+        "features:handmade_30ep+stain+smooth0.5+views8",
+        "features:handmade_30ep+stain+smooth0.5",
+        {"feature_views": 8},
+    ),
+    (
+        "features:handmade_30ep+stain+smooth0.5+views8+100ep",
+        "features:handmade_30ep+stain+smooth0.5+views8",
+        {"epochs": 100},
+    ),
+    # one hyper-parameter of the best single-network recipe changed at a time (the sweep)
+    *(
+        (f"features:handmade_30ep+stain+smooth0.5+{label}", "features:handmade_30ep+stain+smooth0.5", change)
+        for label, change in {
+            **{f"tau{t:g}": {"temperature": t} for t in (0.1, 0.3, 3.0)},
+            **{f"dim{d}": {"dim": d} for d in (64, 512)},
+            **{f"dropout{p:g}": {"dropout": p} for p in (0.0, 0.3)},
+            **{f"wd{w:g}": {"weight_decay": w} for w in (1e-2, 1e-1)},
+            **{f"bs{b}": {"batch_size": b} for b in (32, 128)},
+            **{f"lr{r:g}": {"lr": r} for r in (3e-4, 3e-3)},
+            "100ep": {"epochs": 100},
+        }.items()
+    ),
 ]
 _STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
 
-# keys of a variant that are cross_validate's own options, not tl.fit's
-_CV_KEYS = ("smooth", "smooth_radius", "weighting", "temperature")
+# keys of a variant that are cross_validate's own options, not tl.fit's (a variant's
+# "temperature" is the network's contrastive one; "retrieval_temperature" the softmax weighting's)
+_CV_KEYS = {
+    "smooth": "smooth",
+    "smooth_radius": "smooth_radius",
+    "weighting": "weighting",
+    "retrieval_temperature": "temperature",
+}
 
 
 def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -116,7 +147,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = _variants()
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A variant's keywords as (``cross_validate``'s own options, ``tl.fit`` overrides)."""
-    cv_options = {key: overrides[key] for key in _CV_KEYS if key in overrides}
+    cv_options = {option: overrides[key] for key, option in _CV_KEYS.items() if key in overrides}
     return cv_options, {key: v for key, v in overrides.items() if key not in _CV_KEYS}
 
 

@@ -216,3 +216,13 @@ def test_fit_command_trains_an_ensemble(small_h5ad, tmp_path):
     model = stp.models.load(model_dir)
     assert model.n_members == 2
     assert [m["seed"] for m in model.training["members"]] == [3, 1003]
+
+
+def test_fit_command_trains_on_feature_views(small_h5ad, tmp_path):
+    model_dir = tmp_path / "model"
+    argv = ["-q", "fit", str(small_h5ad), "--out", str(model_dir), "--preset", "cpu", "--epochs", "1"]
+    argv += ["--image-features", "handmade", "--feature-views", "2", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    model = stp.models.load(model_dir)
+    assert model.training["feature_views"] == 2
+    assert model.patch["features"] == "handmade"

@@ -281,3 +281,47 @@ def test_cross_validation_knn_on_the_same_features(slides):
     on_obsm = stp.tl.cross_validate(data, baseline_features="X_feat", **kw).summary.loc["image_knn"]
     # the noisy programmes in X_feat describe the expression better than colour statistics do
     assert on_obsm["heg"] > on_pixels["heg"]
+
+
+def test_feature_views_augment_training_and_keep_the_first_view_for_the_bank(slides, monkeypatch):
+    from stpredict.data import FeatureDataset, SpotData
+    from stpredict.data._features import ViewAugmentation, handmade_features
+
+    train, _ = slides
+    sd = SpotData.from_object(train)
+    plain = handmade_features(sd, "handmade", patch_size_um=112)
+    views = handmade_features(sd, "handmade", patch_size_um=112, augment=ViewAugmentation(3, 0.25, 0.05, 0))
+    assert views.shape == (len(plain), 3, plain.shape[1])
+    np.testing.assert_allclose(views[:, 0], plain, atol=0.02)  # the central crop of a wider cut
+    assert np.abs(views[:, 1] - views[:, 0]).mean() > 1e-3  # shifted, jittered
+    again = handmade_features(sd, "handmade", patch_size_um=112, augment=ViewAugmentation(3, 0.25, 0.05, 0))
+    np.testing.assert_array_equal(views, again)  # drawn from the seed
+
+    seen: list[tuple[int, ...]] = []
+    original = FeatureDataset.__init__
+
+    def spy(self, features, *args, **kwargs):
+        seen.append(np.asarray(features).shape)
+        original(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureDataset, "__init__", spy)
+    kw = {**FIT, "preset": "cpu", "epochs": 1, "val_fraction": 0.0}
+    model = stp.tl.fit(train, image_features="handmade", feature_views=3, **kw)
+    assert seen
+    assert all(shape[1:] == (3, plain.shape[1]) for shape in seen)
+    assert model.training["feature_views"] == 3
+    assert model.module.image_encoder.out_dim == plain.shape[1]
+    # standardised with the first view of every (training) spot: what predict computes
+    np.testing.assert_allclose(
+        model.module.image_encoder.mean.numpy(), views[:, 0].mean(0), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_feature_views_are_refused_where_they_mean_nothing(slides):
+    train, _ = slides
+    with pytest.raises(ValueError, match=r"feature_views=2 .*image_features in \['handmade'"):
+        stp.tl.fit(train, image_features="X_feat", feature_views=2, **FIT)
+    with pytest.raises(ValueError, match="identical views"):
+        stp.tl.fit(train, image_features="handmade", feature_views=2, translate=0.0, stain_jitter=0.0, **FIT)
+    with pytest.raises(ValueError, match="feature_views"):
+        stp.tl.fit(train, image_features="handmade", feature_views=0, **FIT)

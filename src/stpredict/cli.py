@@ -202,9 +202,13 @@ _FIT_FLAGS = {
     "stain_normalize": "stain_normalize",
     "compile": "compile",
 }
+_FEATURE_VIEWS_HELP = (
+    "with --image-features handmade: training reads one of this many shifted, stain-jittered views "
+    "of each patch (default: 1)"
+)
 _FIT_ONLY_FLAGS = (
     "batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction",
-    "image_features", "patch_cache", "n_members",
+    "image_features", "feature_views", "patch_cache", "n_members",
 )  # fmt: skip
 
 
@@ -385,6 +389,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="train on precomputed patch embeddings: an obsm key (or SpatialData table) instead of pixels",
     )
+    p.add_argument("--feature-views", type=int, default=None, help=_FEATURE_VIEWS_HELP)
     p.add_argument(
         "--patch-cache",
         default=None,

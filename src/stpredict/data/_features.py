@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 
 from stpredict._validation import check_key, check_matrix, is_spatialdata
 
-__all__ = ["HANDMADE", "handmade_features", "spot_features"]
+__all__ = ["HANDMADE", "ViewAugmentation", "handmade_features", "spot_features"]
 
 # `image_features=` names computed from the pixels on the fly: the image-kNN baseline's hand-made
 # colour/texture features of the spot's patch, and of patches this many times wider around it.
@@ -17,34 +18,89 @@ HANDMADE: dict[str, tuple[float, ...]] = {"handmade": (1.0,), "handmade_context"
 _HANDMADE_PX = 64  # side the patches are resampled to before the features are computed
 
 
-def handmade_features(sd: Any, key: str, *, patch_size_um: float, progress: bool = False) -> np.ndarray:
-    """The hand-made features named ``key`` (see :data:`HANDMADE`) of every spot of ``sd``."""
+@dataclass(frozen=True)
+class ViewAugmentation:
+    """How the augmented views of hand-made features are drawn (``fit(feature_views=...)``).
+
+    View 0 is the spot's patch as predicted on; view ``v ≥ 1`` is the patch shifted by up to
+    ``translate / 2`` of its side along each axis and HED-jittered by ``stain_jitter`` (as the
+    pixel models' augmentation), drawn from ``seed``.
+    """
+
+    views: int
+    translate: float
+    stain_jitter: float
+    seed: int
+
+
+def handmade_features(
+    sd: Any, key: str, *, patch_size_um: float, augment: ViewAugmentation | None = None
+) -> np.ndarray:
+    """The hand-made features named ``key`` (see :data:`HANDMADE`) of every spot of ``sd``.
+
+    ``(n, F)`` float32; with ``augment``, ``(n, V, F)``: the features of ``V`` views of each patch.
+    """
     from stpredict.baselines import image_features
 
     from ._spotdata import SlidePatches
 
+    views = 1 if augment is None else augment.views
+    margin = 0 if augment is None else round(_HANDMADE_PX * augment.translate)
+    window = _HANDMADE_PX + margin
     blocks = []
     for scale in HANDMADE[key]:
-        patches = SlidePatches(sd, patch_size_um=patch_size_um * scale, size=_HANDMADE_PX)
-        rows = [image_features(patches[i : i + 2048]) for i in range(0, len(patches), 2048)]
-        blocks.append(np.concatenate(rows))
-    return np.hstack(blocks).astype(np.float32)
+        patches = SlidePatches(sd, patch_size_um=patch_size_um * scale * window / _HANDMADE_PX, size=window)
+        for start in range(0, len(patches), 2048):  # rows of (chunk, V, F) per scale
+            cut = patches[start : start + 2048]
+            views_of = [image_features(_view(cut, v, augment, start)) for v in range(views)]
+            blocks.append((scale, np.stack(views_of, axis=1)))
+    per_scale = [np.concatenate([b for s, b in blocks if s == scale]) for scale in HANDMADE[key]]
+    out = np.concatenate(per_scale, axis=2).astype(np.float32)
+    return out[:, 0] if augment is None else out
+
+
+def _view(cut: np.ndarray, view: int, augment: ViewAugmentation | None, start: int) -> np.ndarray:
+    """View ``view`` of patches ``cut`` (rows ``start:``): the central crop, or a shifted, jittered one."""
+    from ._stain import hed_shift
+
+    room = cut.shape[1] - _HANDMADE_PX
+    if augment is None or view == 0:
+        y = x = room // 2
+        return cut[:, y : y + _HANDMADE_PX, x : x + _HANDMADE_PX]
+    rng = np.random.default_rng([augment.seed, view, start])
+    out = np.empty((len(cut), _HANDMADE_PX, _HANDMADE_PX, 3), dtype=np.uint8)
+    for i, (y, x) in enumerate(rng.integers(0, room + 1, size=(len(cut), 2))):
+        u = rng.uniform(-1.0, 1.0, size=6) * augment.stain_jitter
+        crop = cut[i, y : y + _HANDMADE_PX, x : x + _HANDMADE_PX]
+        out[i] = hed_shift(crop, 1.0 + u[:3], u[3:]) if augment.stain_jitter else crop
+    return out
 
 
 def spot_features(
-    sd: Any, key: str, data: Any = None, *, what: str, patch_size_um: float | None = None
+    sd: Any,
+    key: str,
+    data: Any = None,
+    *,
+    what: str,
+    patch_size_um: float | None = None,
+    augment: ViewAugmentation | None = None,
 ) -> np.ndarray:
     """The ``(n_spots, F)`` float32 features of ``sd``'s spots, in ``sd.obs_names`` order.
 
     Read from ``obsm[key]`` of the spots' table, or, for a SpatialData ``data``, from its table
     ``key`` (rows named by spot id, features in ``X``, as LazySlide / sopa style pipelines write);
-    the names of :data:`HANDMADE` are computed from the pixels (patches of ``patch_size_um``).
+    the names of :data:`HANDMADE` are computed from the pixels (patches of ``patch_size_um``;
+    ``(n_spots, V, F)`` with ``augment``, which only they take).
     """
     key = check_key(key, what=f"{what}: `image_features`")
     if key in HANDMADE:
         if patch_size_um is None:
             raise ValueError(f"{what}: image_features={key!r} is computed from patches; give patch_size_um.")
-        return handmade_features(sd, key, patch_size_um=patch_size_um)
+        return handmade_features(sd, key, patch_size_um=patch_size_um, augment=augment)
+    if augment is not None:
+        raise ValueError(
+            f"{what}: augmented feature views are computed only for {sorted(HANDMADE)}, not {key!r}."
+        )
     table = sd.table
     if key in table.obsm:
         values, names, where = table.obsm[key], table.obs_names, f"obsm[{key!r}]"

@@ -163,6 +163,7 @@ def fit(
     weights_path: str | os.PathLike | None = None,
     freeze_backbone: bool = False,
     image_features: str | None = None,
+    feature_views: int = 1,
     stream: bool | None = None,
     patch_cache: str | os.PathLike | None = None,
     compile: bool = False,
@@ -268,6 +269,12 @@ def fit(
         ``"handmade"`` computes the image-kNN baseline's colour/texture features of each spot's
         patch from the pixels instead (at fit and at predict), ``"handmade_context"`` adds those
         of a 3× wider patch around it (see ``docs/her2st.md`` for what they give).
+    feature_views
+        With ``image_features="handmade"`` / ``"handmade_context"``: compute the features of this
+        many views of each spot's patch, the first as it is, the others shifted by up to
+        ``translate`` and HED-jittered by ``stain_jitter`` (the recipe's, e.g. the ``cpu``
+        preset's 0.25 and 0.05); each training item reads a random view (augmentation for a
+        network that never sees pixels). The reference bank and predictions use the first view.
     stream
         Cut the training patches from the slides as batches are read (memory independent of the
         number of spots; DataLoader workers read in parallel with ``num_workers``) instead of all
@@ -308,7 +315,8 @@ def fit(
     plan = _plan(
         method, preset, device, image_size, pretrained, weights_path, model_kwargs,
         freeze_backbone=freeze_backbone,
-        image_features=image_features, seed=seed, num_workers=num_workers, resume=resume,
+        image_features=image_features, feature_views=feature_views, seed=seed,
+        num_workers=num_workers, resume=resume,
         checkpoint_dir=checkpoint_dir, n_top_genes=n_top_genes, patch_size_um=patch_size_um,
         library_key=library_key, stream=stream, progress=progress, stain_normalize=stain_normalize,
         compile=compile, patch_cache=patch_cache, n_members=n_members,
@@ -346,6 +354,7 @@ class _FitPlan:
     n_top_genes: int
     patch_size_um: float
     image_features: str | None
+    feature_views: int
     freeze_backbone: bool
     library_key: str
     stream: bool | None
@@ -381,13 +390,45 @@ def _plan(
         resume=bool(options["resume"]), checkpoint_dir=options["checkpoint_dir"],
         n_top_genes=check_int(options["n_top_genes"], what="fit: `n_top_genes`"),
         patch_size_um=_optional(check_number, options["patch_size_um"], "patch_size_um"),
-        image_features=options["image_features"], freeze_backbone=bool(options["freeze_backbone"]),
+        image_features=options["image_features"],
+        feature_views=_feature_views(options["feature_views"], options["image_features"]),
+        freeze_backbone=bool(options["freeze_backbone"]),
         library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
         stain_normalize=check_flag(options["stain_normalize"], what="fit: `stain_normalize`"),
         compile=check_flag(options["compile"], what="fit: `compile`"),
         patch_cache=_patch_cache_folder(options["patch_cache"], options["image_features"]),
         n_members=_n_members(options["n_members"]), overrides=options["overrides"],
     )  # fmt: skip
+
+
+def _feature_views(value: Any, image_features: str | None) -> int:
+    from stpredict.data._features import HANDMADE
+
+    views = check_int(value, what="fit: `feature_views`")
+    if views > 1 and image_features not in HANDMADE:
+        raise ValueError(
+            f"fit: feature_views={views} augments features computed from the pixels; it needs "
+            f"image_features in {sorted(HANDMADE)}, got {image_features!r}."
+        )
+    return views
+
+
+def _view_augmentation(plan: _FitPlan):
+    """The feature views' augmentation: the recipe's translation and stain jitter (``None``: 1 view)."""
+    from stpredict.data._features import ViewAugmentation
+    from stpredict.models import METHODS
+
+    if plan.feature_views == 1:
+        return None
+    given = {key: value for key, value in plan.overrides.items() if value is not None}
+    recipe = {**METHODS[plan.method].presets[plan.preset].training.to_dict(), **given}
+    translate, jitter = float(recipe.get("translate", 0.0)), float(recipe.get("stain_jitter", 0.0))
+    if translate == 0 and jitter == 0:
+        raise ValueError(
+            f"fit: feature_views={plan.feature_views} with translate=0 and stain_jitter=0 gives "
+            "identical views; set either (e.g. translate=0.25, stain_jitter=0.05)."
+        )
+    return ViewAugmentation(plan.feature_views, translate, jitter, plan.seed)
 
 
 def _n_members(value: Any) -> int:
@@ -423,11 +464,7 @@ def _training_data(plan: _FitPlan, data, genes, *, table_key, layer):
                 f"{plan.image_features!r} (only patches cut by stpredict are matched)."
             )
     expr = _expression(sd, genes, plan.n_top_genes, plan.library_key)
-    features = (
-        None
-        if plan.image_features is None
-        else _read_features(sd, plan.image_features, data, plan.config, plan.patch_size_um)
-    )
+    features = None if plan.image_features is None else _read_features(sd, plan, data)
     return sd, expr, features, stain
 
 
@@ -495,7 +532,9 @@ def _network_and_recipe(plan: _FitPlan, expr: _Expression, features: np.ndarray 
     torch.manual_seed(plan.seed)
     module = plan.cls(len(expr.genes), **plan.config)
     recipe = Recipe.resolve(module.training_defaults, plan.overrides, max_epochs=settings.max_epochs)
-    return module, recipe.for_input(features=features is not None, frozen=plan.freeze_backbone)
+    return module, recipe.for_input(
+        features=features is not None, frozen=plan.freeze_backbone, views=plan.feature_views
+    )
 
 
 def _datasets(plan: _FitPlan, sd, expr: _Expression, module, recipe, features: np.ndarray | None):
@@ -510,7 +549,7 @@ def _datasets(plan: _FitPlan, sd, expr: _Expression, module, recipe, features: n
         patch_cache=plan.patch_cache,
     )  # fmt: skip
     if features is not None:
-        module.image_encoder.fit_standardisation(torch.from_numpy(features[parts.train_idx]))
+        module.image_encoder.fit_standardisation(torch.from_numpy(first_view(features)[parts.train_idx]))
     logger.info(
         f"fit: training {plan.method} ({plan.preset!r} preset) on {parts.n_train} spots, validating on "
         f"{parts.n_val}, {recipe.epochs} epoch(s) of batch {recipe.batch_size} on {plan.device}"
@@ -532,6 +571,7 @@ def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
         "target_sum": expr.target_sum,
         "patch_size_um": plan.patch_size_um,
         "image_features": plan.image_features,
+        **({"feature_views": plan.feature_views} if plan.feature_views > 1 else {}),
         "stain_normalize": plan.stain_normalize,
         "image_size": recipe.image_size,
         "recipe": recipe.fingerprint(),
@@ -607,16 +647,25 @@ def _resolve_hub(config: dict[str, Any], image_size_given: bool, user_kwargs: di
     logger.info(f"fit: backbone {name} → timm {hub.architecture!r} {args}, weights {hub.weights}")
 
 
-def _read_features(sd, key: str, data, config: dict[str, Any], patch_size_um: float) -> np.ndarray:
-    """The spots' precomputed features; the network's image tower becomes ``backbone="features"``."""
+def _read_features(sd, plan: _FitPlan, data) -> np.ndarray:
+    """The spots' precomputed features, ``(n, F)`` or ``(n, V, F)`` views; the tower becomes "features"."""
     from stpredict.data._features import spot_features
     from stpredict.models._encoders import FEATURES
 
-    features = spot_features(sd, key, data, what="fit", patch_size_um=patch_size_um)
-    config.update(backbone=FEATURES, backbone_kwargs={"in_features": int(features.shape[1])})
-    config.update(pretrained=False, weights_path=None)
-    logger.info(f"fit: image input: {features.shape[1]} precomputed features per spot from {key!r}")
+    key, augment = plan.image_features, _view_augmentation(plan)
+    assert key is not None
+    features = spot_features(sd, key, data, what="fit", patch_size_um=plan.patch_size_um, augment=augment)
+    width = int(features.shape[-1])
+    plan.config.update(backbone=FEATURES, backbone_kwargs={"in_features": width})
+    plan.config.update(pretrained=False, weights_path=None)
+    views = "" if augment is None else f" (and {augment.views - 1} augmented views for training)"
+    logger.info(f"fit: image input: {width} precomputed features per spot from {key!r}{views}")
     return features
+
+
+def first_view(features: np.ndarray) -> np.ndarray:
+    """``(n, F)`` features as they are: view 0 of ``(n, V, F)`` feature views."""
+    return features[:, 0] if features.ndim == 3 else features
 
 
 class _Expression(NamedTuple):
@@ -709,6 +758,7 @@ def _fitted_model(
             "interrupted": len(runs) < plan.n_members or any(bool(r.result.interrupted) for r in runs),
             "library_key": plan.library_key,
             "libraries": list(sd.libraries),
+            **({"feature_views": plan.feature_views} if plan.feature_views > 1 else {}),
             **_members_record(plan, runs),
         },
     )
@@ -720,7 +770,7 @@ def _fitted_model(
         device=plan.device,
     )
     inputs = (
-        parts.features
+        first_view(parts.features)
         if plan.image_features is not None
         else parts.central_patches(recipe.image_size, plan.patch_size_um)
     )

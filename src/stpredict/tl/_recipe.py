@@ -78,11 +78,12 @@ class Recipe:
             recipe = cls(**{**asdict(recipe), "select_epoch": "val_loss"})
         return recipe
 
-    def for_input(self, *, features: bool, frozen: bool) -> Recipe:
+    def for_input(self, *, features: bool, frozen: bool, views: int = 1) -> Recipe:
         """Pixel augmentations off when training never sees pixels (precomputed or cached features).
 
         A frozen backbone's cache holds the 8 flips/rotations of each patch (flips and rotations
-        stay as augmentation, and TTA at prediction); precomputed features have no views.
+        stay as augmentation, and TTA at prediction); precomputed features have no views, unless
+        ``views`` of hand-made features were drawn with the translation and stain jitter.
         """
         if not (features or frozen):
             return self
@@ -90,7 +91,8 @@ class Recipe:
         changed = [key for key, value in off.items() if getattr(self, key) != value]
         if changed:
             source = "precomputed features" if features else "a frozen backbone's cached features"
-            logger.info(f"fit: {', '.join(changed)} off: training reads {source}, not pixels")
+            drawn = f" (translate and stain_jitter drew its {views} views)" if views > 1 else ""
+            logger.info(f"fit: {', '.join(changed)} off: training reads {source}{drawn}, not pixels")
         return replace(self, **off)
 
     def loop_kwargs(self) -> dict[str, Any]:
