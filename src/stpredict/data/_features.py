@@ -47,14 +47,14 @@ def handmade_features(
     views = 1 if augment is None else augment.views
     margin = 0 if augment is None else round(_HANDMADE_PX * augment.translate)
     window = _HANDMADE_PX + margin
-    blocks = []
+    per_scale = []
     for scale in HANDMADE[key]:
         patches = SlidePatches(sd, patch_size_um=patch_size_um * scale * window / _HANDMADE_PX, size=window)
-        for start in range(0, len(patches), 2048):  # rows of (chunk, V, F) per scale
+        chunks = []  # (chunk, V, F): each chunk of patches is cut once for all its views
+        for start in range(0, len(patches), 2048):
             cut = patches[start : start + 2048]
-            views_of = [image_features(_view(cut, v, augment, start)) for v in range(views)]
-            blocks.append((scale, np.stack(views_of, axis=1)))
-    per_scale = [np.concatenate([b for s, b in blocks if s == scale]) for scale in HANDMADE[key]]
+            chunks.append(np.stack([image_features(_view(cut, v, augment, start)) for v in range(views)], 1))
+        per_scale.append(np.concatenate(chunks))
     out = np.concatenate(per_scale, axis=2).astype(np.float32)
     return out[:, 0] if augment is None else out
 
@@ -90,17 +90,13 @@ def spot_features(
     Read from ``obsm[key]`` of the spots' table, or, for a SpatialData ``data``, from its table
     ``key`` (rows named by spot id, features in ``X``, as LazySlide / sopa style pipelines write);
     the names of :data:`HANDMADE` are computed from the pixels (patches of ``patch_size_um``;
-    ``(n_spots, V, F)`` with ``augment``, which only they take).
+    ``(n_spots, V, F)`` with ``augment``, which only they take: ``fit`` refuses it for other keys).
     """
     key = check_key(key, what=f"{what}: `image_features`")
     if key in HANDMADE:
         if patch_size_um is None:
             raise ValueError(f"{what}: image_features={key!r} is computed from patches; give patch_size_um.")
         return handmade_features(sd, key, patch_size_um=patch_size_um, augment=augment)
-    if augment is not None:
-        raise ValueError(
-            f"{what}: augmented feature views are computed only for {sorted(HANDMADE)}, not {key!r}."
-        )
     table = sd.table
     if key in table.obsm:
         values, names, where = table.obsm[key], table.obs_names, f"obsm[{key!r}]"

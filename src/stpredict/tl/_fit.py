@@ -418,11 +418,17 @@ def _view_augmentation(plan: _FitPlan):
     from stpredict.data._features import ViewAugmentation
     from stpredict.models import METHODS
 
+    from ._recipe import Recipe
+
     if plan.feature_views == 1:
         return None
-    given = {key: value for key, value in plan.overrides.items() if value is not None}
-    recipe = {**METHODS[plan.method].presets[plan.preset].training.to_dict(), **given}
-    translate, jitter = float(recipe.get("translate", 0.0)), float(recipe.get("stain_jitter", 0.0))
+    # the recipe step 3 resolves (and validates) from the same preset defaults and overrides
+    defaults = {
+        **METHODS[plan.method].presets[plan.preset].training.to_dict(),
+        "image_size": plan.config["image_size"],
+    }
+    recipe = Recipe.resolve(defaults, plan.overrides, max_epochs=None)
+    translate, jitter = recipe.translate, recipe.stain_jitter
     if translate == 0 and jitter == 0:
         raise ValueError(
             f"fit: feature_views={plan.feature_views} with translate=0 and stain_jitter=0 gives "
