@@ -111,6 +111,19 @@ _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
         }.items()
     ),
 ]
+# the richer hand-made descriptor (stp.baselines.texture_features) of the spot's patch and a 2x
+# wider one (732 numbers), reduced to its first principal axes on the training spots
+_TEXTURE = {"image_features": "texture", "epochs": 30, "lr": 1e-3}
+_BEST_TEXTURE = "texture_30ep+pca24+noval+stain+smooth0.5"
+_FEATURE_STAGES += [
+    ("texture_30ep", "", _TEXTURE),
+    *((f"texture_30ep+pca{d}", "texture_30ep", {"feature_components": d}) for d in (8, 16, 24, 32, 48)),
+    # no validation split: every training spot trains (and the last epoch is kept)
+    ("texture_30ep+pca24+noval", "texture_30ep+pca24", {"val_fraction": 0.0}),
+    ("texture_30ep+pca24+noval+stain", "texture_30ep+pca24+noval", {"stain_normalize": True}),
+    (_BEST_TEXTURE, "texture_30ep+pca24+noval+stain", {"smooth": 0.5}),
+    *((f"{_BEST_TEXTURE}+ensemble{n}", _BEST_TEXTURE, {"n_members": n}) for n in (3, 5)),
+]
 _STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
 
 # keys of a variant that are cross_validate's own options, not tl.fit's (a variant's

@@ -30,6 +30,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
+_TEXTURE = {
+    "image_features": "texture", "feature_components": 24, "val_fraction": 0.0, "epochs": 30, "lr": 1e-3,
+}  # fmt: skip
+
 # command-line name → (method, model kwargs); "cmrcnet_norecon" is the paper's contrastive-only ablation
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmrcnet": ("cmrcnet", {}),
@@ -47,6 +51,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "cmrcnet",
         {"image_features": "handmade", "epochs": 30, "lr": 1e-3, "n_members": 3},
     ),
+    # the richer texture descriptor of the patch and a 2x wider one, on its first 24 principal axes,
+    # every training spot training (no validation split); contrastive only and 3 networks too
+    "cmrcnet_texture": ("cmrcnet", _TEXTURE),
+    "cmrcnet_texture_norecon": ("cmrcnet", {**_TEXTURE, "reconstruction": None}),
+    "cmrcnet_texture_norecon_ensemble3": ("cmrcnet", {**_TEXTURE, "reconstruction": None, "n_members": 3}),
     "bleep_features": ("bleep", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
     "mclstexp_features": ("mclstexp", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
 }
@@ -85,6 +94,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_methods: li
         default=["random", "oracle", "image_knn"],
         help="random oracle image_knn image_ridge",
     )
+    parser.add_argument(
+        "--baseline-features",
+        default="handmade",
+        help="image_knn / image_ridge features: handmade, handmade_context, texture (default: %(default)s)",
+    )
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -117,6 +131,7 @@ def run_and_report(
         method=methods,
         k=args.k,
         baselines=tuple(args.baselines),
+        baseline_features=args.baseline_features,
         n_genes=args.n_genes,
         n_top_genes=args.n_top_genes,
         n_folds=args.n_folds,

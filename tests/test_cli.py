@@ -218,6 +218,16 @@ def test_fit_command_trains_an_ensemble(small_h5ad, tmp_path):
     assert [m["seed"] for m in model.training["members"]] == [3, 1003]
 
 
+def test_fit_command_reduces_texture_features(small_h5ad, tmp_path):
+    model_dir = tmp_path / "model"
+    argv = ["-q", "fit", str(small_h5ad), "--out", str(model_dir), "--preset", "tiny", "--epochs", "1"]
+    argv += ["--image-features", "texture", "--feature-components", "6", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    model = stp.models.load(model_dir)
+    assert model.patch["features"] == "texture"
+    assert model.config["backbone_kwargs"] == {"in_features": 732, "components": 6}
+
+
 def test_fit_command_trains_on_feature_views(small_h5ad, tmp_path):
     model_dir = tmp_path / "model"
     argv = ["-q", "fit", str(small_h5ad), "--out", str(model_dir), "--preset", "cpu", "--epochs", "1"]

@@ -206,9 +206,13 @@ _FEATURE_VIEWS_HELP = (
     "with --image-features handmade: training reads one of this many shifted, stain-jittered views "
     "of each patch (default: 1)"
 )
+_FEATURE_COMPONENTS_HELP = (
+    "with --image-features: project the standardised features on their first this many principal "
+    "axes of the training spots (e.g. 24 with --image-features texture)"
+)
 _FIT_ONLY_FLAGS = (
     "batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction",
-    "image_features", "feature_views", "patch_cache", "n_members",
+    "image_features", "feature_views", "feature_components", "patch_cache", "n_members",
 )  # fmt: skip
 
 
@@ -387,9 +391,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-features",
         default=None,
-        help="train on precomputed patch embeddings: an obsm key (or SpatialData table) instead of pixels",
+        help="train on patch features instead of pixels: an obsm key (or SpatialData table) of "
+        "precomputed embeddings, or handmade / handmade_context / texture (computed from the pixels)",
     )
     p.add_argument("--feature-views", type=int, default=None, help=_FEATURE_VIEWS_HELP)
+    p.add_argument("--feature-components", type=int, default=None, help=_FEATURE_COMPONENTS_HELP)
     p.add_argument(
         "--patch-cache",
         default=None,

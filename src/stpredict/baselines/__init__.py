@@ -22,12 +22,15 @@ from __future__ import annotations
 from ._estimators import ImageFeatureKNN, ImageFeatureRidge
 from ._features import image_feature_names, image_features
 from ._reference import oracle_retrieval, random_retrieval
+from ._texture import texture_feature_names, texture_features
 
 __all__ = [
     "random_retrieval",
     "oracle_retrieval",
     "image_features",
     "image_feature_names",
+    "texture_features",
+    "texture_feature_names",
     "ImageFeatureKNN",
     "ImageFeatureRidge",
 ]

@@ -111,6 +111,10 @@ class ImageFeatureKNN(_FeatureModel):
         Clip scaled features to ``[-clip, clip]`` (``None``: no clipping).
     scale_floor
         Smallest scale a feature is divided by.
+    n_components
+        Retrieve on the first ``n_components`` principal components of the scaled training
+        features, each scaled to unit variance (as ``fit(feature_components=...)`` gives a model);
+        ``None``: on the scaled features.
 
     Examples
     --------
@@ -133,9 +137,17 @@ class ImageFeatureKNN(_FeatureModel):
         scaling: Literal["robust", "standard"] = "robust",
         clip: float | None = 5.0,
         scale_floor: float = 1e-3,
+        n_components: int | None = None,
     ):
         if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
             raise ValueError(f"`k` must be a positive integer, got {k!r}.")
+        if n_components is not None and (
+            not isinstance(n_components, int | np.integer)
+            or isinstance(n_components, bool)
+            or n_components < 1
+        ):
+            raise ValueError(f"`n_components` must be a positive integer or None, got {n_components!r}.")
+        self.n_components = None if n_components is None else int(n_components)
         if metric not in ("cosine", "euclidean"):
             raise ValueError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}.")
         if scaling not in ("robust", "standard"):
@@ -156,7 +168,8 @@ class ImageFeatureKNN(_FeatureModel):
         fitted = (
             f", fitted on {len(self.bank_expression_)} spots" if hasattr(self, "bank_expression_") else ""
         )
-        return f"ImageFeatureKNN(k={self.k}, metric={self.metric!r}, scaling={self.scaling!r}{fitted})"
+        pcs = "" if self.n_components is None else f", n_components={self.n_components}"
+        return f"ImageFeatureKNN(k={self.k}, metric={self.metric!r}, scaling={self.scaling!r}{pcs}{fitted})"
 
     def fit(self, train_patches: Any, train_expression: Any) -> ImageFeatureKNN:
         """Compute and scale the features of the reference patches and keep their expression.
@@ -174,9 +187,30 @@ class ImageFeatureKNN(_FeatureModel):
         """
         feats, expr = self._prepare_fit(train_patches, train_expression)
         check_k(self.k, len(expr), what="k")
-        self.bank_features_ = self.scaler_.transform(feats)
+        z = self.scaler_.transform(feats)
+        if self.n_components is not None:
+            self._fit_axes(z)
+        self.bank_features_ = self._reduced(z)
         self.bank_expression_ = expr
         return self
+
+    def _fit_axes(self, z: np.ndarray) -> None:
+        """Principal axes of the scaled training features and the spread along them."""
+        assert self.n_components is not None
+        if self.n_components > min(z.shape):
+            raise ValueError(
+                f"ImageFeatureKNN: n_components={self.n_components} is more than the "
+                f"{min(z.shape)} that {z.shape[0]} spots x {z.shape[1]} features allow."
+            )
+        self.pca_mean_ = z.mean(axis=0, dtype=np.float64)
+        _, _, vt = np.linalg.svd(z - self.pca_mean_, full_matrices=False)
+        self.components_ = vt[: self.n_components]
+        self.pca_scale_ = np.maximum(((z - self.pca_mean_) @ self.components_.T).std(axis=0), 1e-6)
+
+    def _reduced(self, z: np.ndarray) -> np.ndarray:
+        if self.n_components is None:
+            return z
+        return (((z - self.pca_mean_) @ self.components_.T) / self.pca_scale_).astype(np.float32)
 
     def kneighbors(self, test_patches: Any, *, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Indices ``(n, k)`` of the nearest reference spots and their distances (or 1 - cosine).
@@ -187,7 +221,7 @@ class ImageFeatureKNN(_FeatureModel):
         """
         from stpredict.retrieval import topk_cosine, topk_inner_product
 
-        q, keys = self._query(test_patches), self.bank_features_
+        q, keys = self._reduced(self._query(test_patches)), self.bank_features_
         if self.metric == "cosine":
             idx, sims = topk_cosine(q, keys, self.k, chunk_size=chunk_size)
             return idx, (1.0 - sims).astype(np.float32)

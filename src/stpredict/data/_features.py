@@ -12,10 +12,35 @@ from stpredict._validation import check_key, check_matrix, is_spatialdata
 
 __all__ = ["HANDMADE", "ViewAugmentation", "handmade_features", "spot_features"]
 
-# `image_features=` names computed from the pixels on the fly: the image-kNN baseline's hand-made
-# colour/texture features of the spot's patch, and of patches this many times wider around it.
-HANDMADE: dict[str, tuple[float, ...]] = {"handmade": (1.0,), "handmade_context": (1.0, 3.0)}
-_HANDMADE_PX = 64  # side the patches are resampled to before the features are computed
+
+@dataclass(frozen=True)
+class Handmade:
+    """A set of hand-made features computed from the pixels: which descriptor, at what size and scales.
+
+    ``texture``: :func:`~stpredict.baselines.texture_features` instead of the image-kNN baseline's
+    :func:`~stpredict.baselines.image_features`; ``px``: the side patches are resampled to;
+    ``scales``: the spot's patch (1) and patches this many times wider around it.
+    """
+
+    px: int
+    scales: tuple[float, ...]
+    texture: bool = False
+
+    def describe(self, patches: np.ndarray) -> np.ndarray:
+        """The descriptor of ``(n, px, px, 3)`` patches."""
+        from stpredict.baselines import image_features, texture_features
+
+        return texture_features(patches) if self.texture else image_features(patches)
+
+
+# `image_features=` names computed from the pixels on the fly: the image-kNN baseline's colour/
+# texture features of the spot's patch (and of a 3x wider one), or the richer texture descriptor
+# of the spot's patch and a 2x wider one
+HANDMADE: dict[str, Handmade] = {
+    "handmade": Handmade(64, (1.0,)),
+    "handmade_context": Handmade(64, (1.0, 3.0)),
+    "texture": Handmade(128, (1.0, 2.0), texture=True),
+}
 
 
 @dataclass(frozen=True)
@@ -40,38 +65,42 @@ def handmade_features(
 
     ``(n, F)`` float32; with ``augment``, ``(n, V, F)``: the features of ``V`` views of each patch.
     """
-    from stpredict.baselines import image_features
-
     from ._spotdata import SlidePatches
 
+    spec = HANDMADE[key]
     views = 1 if augment is None else augment.views
-    margin = 0 if augment is None else round(_HANDMADE_PX * augment.translate)
-    window = _HANDMADE_PX + margin
+    margin = 0 if augment is None else round(spec.px * augment.translate)
+    window = spec.px + margin
     per_scale = []
-    for scale in HANDMADE[key]:
-        patches = SlidePatches(sd, patch_size_um=patch_size_um * scale * window / _HANDMADE_PX, size=window)
+    for scale in spec.scales:
+        patches = SlidePatches(sd, patch_size_um=patch_size_um * scale * window / spec.px, size=window)
         chunks = []  # (chunk, V, F): each chunk of patches is cut once for all its views
         for start in range(0, len(patches), 2048):
             cut = patches[start : start + 2048]
-            chunks.append(np.stack([image_features(_view(cut, v, augment, start)) for v in range(views)], 1))
+            chunks.append(
+                np.stack([spec.describe(_view(cut, v, augment, start, spec.px)) for v in range(views)], 1)
+            )
         per_scale.append(np.concatenate(chunks))
     out = np.concatenate(per_scale, axis=2).astype(np.float32)
     return out[:, 0] if augment is None else out
 
 
-def _view(cut: np.ndarray, view: int, augment: ViewAugmentation | None, start: int) -> np.ndarray:
-    """View ``view`` of patches ``cut`` (rows ``start:``): the central crop, or a shifted, jittered one."""
+def _view(cut: np.ndarray, view: int, augment: ViewAugmentation | None, start: int, px: int) -> np.ndarray:
+    """View ``view`` of patches ``cut`` (rows ``start:``): the central crop, or a shifted, jittered one.
+
+    ``px``: the side of the crop (the descriptor's patch size).
+    """
     from ._stain import hed_shift
 
-    room = cut.shape[1] - _HANDMADE_PX
+    room = cut.shape[1] - px
     if augment is None or view == 0:
         y = x = room // 2
-        return cut[:, y : y + _HANDMADE_PX, x : x + _HANDMADE_PX]
+        return cut[:, y : y + px, x : x + px]
     rng = np.random.default_rng([augment.seed, view, start])
-    out = np.empty((len(cut), _HANDMADE_PX, _HANDMADE_PX, 3), dtype=np.uint8)
+    out = np.empty((len(cut), px, px, 3), dtype=np.uint8)
     for i, (y, x) in enumerate(rng.integers(0, room + 1, size=(len(cut), 2))):
         u = rng.uniform(-1.0, 1.0, size=6) * augment.stain_jitter
-        crop = cut[i, y : y + _HANDMADE_PX, x : x + _HANDMADE_PX]
+        crop = cut[i, y : y + px, x : x + px]
         out[i] = hed_shift(crop, 1.0 + u[:3], u[3:]) if augment.stain_jitter else crop
     return out
 

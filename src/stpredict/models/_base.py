@@ -247,7 +247,7 @@ class ContrastiveModule(RetrievalModule):
         embeddings for ``backbone="features"``, or the frozen backbone's pooled output (cached by
         :func:`stpredict.tl.fit` with ``freeze_backbone=True``), used as one token.
         """
-        width = self.image_encoder.out_dim
+        width = getattr(self.image_encoder, "in_dim", self.image_encoder.out_dim)
         if image.ndim == 2 and (self.takes_features or self.config.get("freeze_backbone")):
             if image.shape[1] != width:
                 raise ValueError(

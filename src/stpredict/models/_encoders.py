@@ -65,30 +65,77 @@ class FeatureEncoder(nn.Module):
     deviation (buffers, saved with the weights; set by :meth:`fit_standardisation`) and returns
     them as one token ``[B, 1, F]``, so every method's heads work unchanged.
 
+    With ``components=d`` the standardised features are clipped to ``±5`` and projected on the
+    first ``d`` principal axes of the training spots' features, scaled to unit variance
+    (``[B, 1, d]``): a fixed, unsupervised reduction that keeps the heads from fitting hundreds of
+    noisy inputs of a few hundred spots (``fit(feature_components=d)``).
+
     Attributes
     ----------
+    in_dim
+        ``F``, the width of the features it takes.
     out_dim
-        ``F``, the feature width.
+        The width of its token: ``d`` with ``components``, else ``F``.
     """
 
     is_vit = False
+    clip = 5.0  # standard deviations, before the principal axes
 
     mean: torch.Tensor  # buffers: saved with the weights
     std: torch.Tensor
+    center: torch.Tensor  # with components
+    axes: torch.Tensor
+    scale: torch.Tensor
 
-    def __init__(self, in_features: int) -> None:
+    def __init__(self, in_features: int, components: int | None = None) -> None:
         super().__init__()
-        self.out_dim = int(in_features)
-        self.register_buffer("mean", torch.zeros(self.out_dim))
-        self.register_buffer("std", torch.ones(self.out_dim))
+        self.in_dim = int(in_features)
+        self.components = None if components is None else int(components)
+        if self.components is not None and not 1 <= self.components <= self.in_dim:
+            raise ValueError(
+                f"FeatureEncoder: components={components} must be between 1 and in_features={in_features}."
+            )
+        self.out_dim = self.components or self.in_dim
+        self.register_buffer("mean", torch.zeros(self.in_dim))
+        self.register_buffer("std", torch.ones(self.in_dim))
+        if self.components is not None:  # z ↦ ((clip(z) - center) @ axes) / scale
+            self.register_buffer("center", torch.zeros(self.in_dim))
+            self.register_buffer("axes", torch.zeros(self.in_dim, self.components))
+            self.register_buffer("scale", torch.ones(self.components))
 
     def fit_standardisation(self, features: torch.Tensor) -> None:
-        """Set the mean and standard deviation (floored at 1e-6) from training features ``[n, F]``."""
+        """Set the mean and standard deviation (floored at 1e-6) from training features ``[n, F]``.
+
+        With ``components``, also the principal axes of the clipped standardised features (each
+        axis signed so that its largest loading is positive) and the spread along them.
+        """
+        features = features.to(self.mean.dtype)
         self.mean.copy_(features.mean(dim=0))
         self.std.copy_(features.std(dim=0, unbiased=False).clamp_min(1e-6))
+        if self.components is None:
+            return
+        if self.components > len(features):
+            raise ValueError(
+                f"FeatureEncoder: {self.components} principal components need at least as many "
+                f"training spots, got {len(features)}."
+            )
+        z = self._clipped(features)
+        center = z.mean(dim=0)
+        _, _, vt = torch.linalg.svd((z - center).double(), full_matrices=False)
+        axes = vt[: self.components].T
+        rows = axes.abs().argmax(dim=0)
+        axes = axes * torch.sign(axes[rows, torch.arange(self.components)])[None]
+        self.center.copy_(center)
+        self.axes.copy_(axes.to(self.axes.dtype))
+        self.scale.copy_(((z - center) @ self.axes).std(dim=0, unbiased=False).clamp_min(1e-6))
+
+    def _clipped(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features - self.mean) / self.std).clamp(-self.clip, self.clip)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return ((features - self.mean) / self.std)[:, None]
+        if self.components is None:
+            return ((features - self.mean) / self.std)[:, None]
+        return (((self._clipped(features) - self.center) @ self.axes) / self.scale)[:, None]
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -256,14 +303,15 @@ def build_image_encoder(
     torch.Size([1, 17, 32])
     """
     if backbone == FEATURES:
-        if pretrained or weights_path is not None or set(timm_kwargs) != {"in_features"}:
+        extra = set(timm_kwargs) - {"in_features", "components"}
+        if pretrained or weights_path is not None or extra or "in_features" not in timm_kwargs:
             raise ValueError(
                 "build_image_encoder: backbone='features' takes only in_features= (the width of the "
-                f"precomputed embeddings), got {sorted(timm_kwargs)}"
+                f"precomputed embeddings) and components=, got {sorted(timm_kwargs)}"
                 + (" and pretrained/weights_path" if pretrained or weights_path is not None else "")
                 + "."
             )
-        return FeatureEncoder(timm_kwargs["in_features"])
+        return FeatureEncoder(timm_kwargs["in_features"], timm_kwargs.get("components"))
     import timm
 
     if pretrained and weights_path is not None:

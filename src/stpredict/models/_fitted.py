@@ -468,7 +468,8 @@ class STPredictModel:
         return model
 
     def _image_width(self) -> int:
-        return int(getattr(self.module.image_encoder, "out_dim", 0))
+        encoder = self.module.image_encoder
+        return int(getattr(encoder, "in_dim", getattr(encoder, "out_dim", 0)))
 
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.module.parameters())

@@ -125,6 +125,7 @@ ARCHITECTURE_KEYS = frozenset(
         "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "init_values", "dynamic_img_size", "layers",
         "channels", "block_config", "growth_rate", "num_init_features", "bn_size", "stem_width",
         "stem_type", "cardinality", "base_width", "output_stride", "in_chans", "act_layer", "in_features",
+        "components",
     }
 )  # fmt: skip
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")

@@ -363,7 +363,9 @@ def cross_validate(
       method (``"oracle (cmrcnet)"``; the ceiling for retrieval with that bank and ``k``);
     - ``"image_knn"``: k-NN on hand-made colour/texture features
       (:class:`stpredict.baselines.ImageFeatureKNN`) of the same training patches (stain-matched
-      like the model's when the first method is fitted with ``stain_normalize=True``);
+      like the model's when the first method is fitted with ``stain_normalize=True``, and on the
+      model's number of principal axes when it reads the same features with
+      ``feature_components``);
     - ``"image_ridge"``: PCA + ridge regression on those features
       (:class:`stpredict.baselines.ImageFeatureRidge`).
 
@@ -397,8 +399,9 @@ def cross_validate(
         Any of ``"random"``, ``"oracle"``, ``"image_knn"``, ``"image_ridge"``.
     baseline_features
         The image features of ``"image_knn"`` / ``"image_ridge"``: ``"handmade"`` (colour/texture
-        features of each spot's patch), ``"handmade_context"`` (plus a 3× wider patch), or an
-        ``obsm`` key of precomputed embeddings (as for ``fit(image_features=...)``).
+        features of each spot's patch), ``"handmade_context"`` (plus a 3× wider patch),
+        ``"texture"`` (:func:`stpredict.baselines.texture_features` of the patch and a 2× wider
+        one), or an ``obsm`` key of precomputed embeddings (as for ``fit(image_features=...)``).
     gene_sets
         Gene sets to report: ``"heg"``, ``"hvg"`` (chosen per held-out slide) and/or ``"all"``.
     markers

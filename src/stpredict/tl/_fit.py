@@ -164,6 +164,7 @@ def fit(
     freeze_backbone: bool = False,
     image_features: str | None = None,
     feature_views: int = 1,
+    feature_components: int | None = None,
     stream: bool | None = None,
     patch_cache: str | os.PathLike | None = None,
     compile: bool = False,
@@ -268,13 +269,19 @@ def fit(
         :func:`~stpredict.tl.predict` reads the same key from the slides it predicts.
         ``"handmade"`` computes the image-kNN baseline's colour/texture features of each spot's
         patch from the pixels instead (at fit and at predict), ``"handmade_context"`` adds those
-        of a 3× wider patch around it (see ``docs/her2st.md`` for what they give).
+        of a 3× wider patch around it, and ``"texture"`` the richer descriptor of
+        :func:`stpredict.baselines.texture_features` of the spot's patch and a 2× wider one (732
+        numbers; use it with ``feature_components``; see ``docs/her2st.md`` for what they give).
     feature_views
         With ``image_features="handmade"`` / ``"handmade_context"``: compute the features of this
         many views of each spot's patch, the first as it is, the others shifted by up to
         ``translate`` and HED-jittered by ``stain_jitter`` (the recipe's, e.g. the ``cpu``
         preset's 0.25 and 0.05); each training item reads a random view (augmentation for a
         network that never sees pixels). The reference bank and predictions use the first view.
+    feature_components
+        With ``image_features``: project the standardised features on their first this many
+        principal axes, fitted on the training spots and stored in the model (see
+        :class:`stpredict.models.FeatureEncoder`). ``None``: the features as they are.
     stream
         Cut the training patches from the slides as batches are read (memory independent of the
         number of spots; DataLoader workers read in parallel with ``num_workers``) instead of all
@@ -315,7 +322,8 @@ def fit(
     plan = _plan(
         method, preset, device, image_size, pretrained, weights_path, model_kwargs,
         freeze_backbone=freeze_backbone,
-        image_features=image_features, feature_views=feature_views, seed=seed,
+        image_features=image_features, feature_views=feature_views,
+        feature_components=feature_components, seed=seed,
         num_workers=num_workers, resume=resume,
         checkpoint_dir=checkpoint_dir, n_top_genes=n_top_genes, patch_size_um=patch_size_um,
         library_key=library_key, stream=stream, progress=progress, stain_normalize=stain_normalize,
@@ -355,6 +363,7 @@ class _FitPlan:
     patch_size_um: float
     image_features: str | None
     feature_views: int
+    feature_components: int | None
     freeze_backbone: bool
     library_key: str
     stream: bool | None
@@ -392,6 +401,7 @@ def _plan(
         patch_size_um=_optional(check_number, options["patch_size_um"], "patch_size_um"),
         image_features=options["image_features"],
         feature_views=_feature_views(options["feature_views"], options["image_features"]),
+        feature_components=_feature_components(options["feature_components"], options["image_features"]),
         freeze_backbone=bool(options["freeze_backbone"]),
         library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
         stain_normalize=check_flag(options["stain_normalize"], what="fit: `stain_normalize`"),
@@ -411,6 +421,17 @@ def _feature_views(value: Any, image_features: str | None) -> int:
             f"image_features in {sorted(HANDMADE)}, got {image_features!r}."
         )
     return views
+
+
+def _feature_components(value: Any, image_features: str | None) -> int | None:
+    if value is None:
+        return None
+    components = check_int(value, what="fit: `feature_components`")
+    if image_features is None:
+        raise ValueError(
+            f"fit: feature_components={components} reduces precomputed features; it needs image_features=."
+        )
+    return components
 
 
 def _view_augmentation(plan: _FitPlan):
@@ -662,7 +683,12 @@ def _read_features(sd, plan: _FitPlan, data) -> np.ndarray:
     assert key is not None
     features = spot_features(sd, key, data, what="fit", patch_size_um=plan.patch_size_um, augment=augment)
     width = int(features.shape[-1])
-    plan.config.update(backbone=FEATURES, backbone_kwargs={"in_features": width})
+    if plan.feature_components is not None and plan.feature_components > width:
+        raise ValueError(
+            f"fit: feature_components={plan.feature_components} is more than the {width} features of {key!r}."
+        )
+    components = {} if plan.feature_components is None else {"components": plan.feature_components}
+    plan.config.update(backbone=FEATURES, backbone_kwargs={"in_features": width, **components})
     plan.config.update(pretrained=False, weights_path=None)
     views = "" if augment is None else f" (and {augment.views - 1} augmented views for training)"
     logger.info(f"fit: image input: {width} precomputed features per spot from {key!r}{views}")

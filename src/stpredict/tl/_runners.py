@@ -226,11 +226,18 @@ class FeatureRunner:
         stain = reference.patch.get("stain_target")  # the model's stain matching applies to the baseline too
         train = self.features.get(np.asarray(fold.bank()["obs_names"]).astype(str), patch_um, stain)
         test = self.features.get(fold.truth.index, patch_um, stain)
-        estimator = (
-            ImageFeatureKNN(k=fold.k_for(len(bank))) if self.label == "image_knn" else ImageFeatureRidge()
-        )
+        if self.label == "image_ridge":
+            estimator: ImageFeatureKNN | ImageFeatureRidge = ImageFeatureRidge()
+        else:  # on the model's principal axes when it reduces the same features (feature_components)
+            estimator = ImageFeatureKNN(k=fold.k_for(len(bank)), n_components=self._components(reference))
         values = estimator.fit(train, bank).predict(test)
         return [Prediction(self.label, values, 0.0, time.perf_counter() - t0)]
+
+    def _components(self, reference: STPredictModel) -> int | None:
+        """The reference model's ``feature_components`` if it reads the baseline's own features."""
+        if reference.patch.get("features") != self.features.key:
+            return None
+        return reference.config.get("backbone_kwargs", {}).get("components")
 
 
 # Baseline name → how to build its runner from the cross-validation's shared image features.
