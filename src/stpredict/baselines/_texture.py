@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,13 @@ def _halve(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], h // 2, 2, w // 2, 2, *x.shape[3:]).mean(axis=(2, 4))
 
 
+def _pyramid(channel: np.ndarray, levels: int) -> Iterator[np.ndarray]:
+    """``(B, H, W)`` and its ``levels - 1`` successive halvings."""
+    level = channel
+    for lv in range(levels):
+        yield level if lv == 0 else (level := _halve(level))
+
+
 def _quantile_stats(r: np.ndarray) -> list[np.ndarray]:
     flat = r.reshape(len(r), -1)
     q10, q90 = np.quantile(flat, (0.1, 0.9), axis=1)
@@ -74,10 +82,7 @@ def _filter_bank(channel: np.ndarray) -> list[np.ndarray]:
     from scipy.ndimage import gaussian_filter
 
     cols: list[np.ndarray] = []
-    level = channel
-    for lv in range(_LEVELS):
-        if lv:
-            level = _halve(level)
+    for level in _pyramid(channel, _LEVELS):
 
         def g(order: tuple[int, int], img: np.ndarray = level) -> np.ndarray:
             return gaussian_filter(img, sigma=(0, 1, 1), order=(0, *order), mode="reflect")
@@ -93,10 +98,7 @@ def _filter_bank(channel: np.ndarray) -> list[np.ndarray]:
 def _lbp_histograms(channel: np.ndarray) -> list[np.ndarray]:
     """Rotation-invariant uniform local binary patterns (8 neighbours, radius 1) per pyramid level."""
     cols: list[np.ndarray] = []
-    level = channel
-    for lv in range(_LBP_LEVELS):
-        if lv:
-            level = _halve(level)
+    for level in _pyramid(channel, _LBP_LEVELS):
         centre = level[:, 1:-1, 1:-1]
         h, w = centre.shape[1:]
         bits = np.stack(
