@@ -150,7 +150,7 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     )
     # the other methods on the best feature recipes
     for other in ("bleep", "mclstexp"):
-        for name in ("features:handmade_30ep", "features:handmade_30ep+smooth0.5"):
+        for name in ("features:handmade_30ep", "features:handmade_30ep+smooth0.5", _BEST_TEXTURE):
             table[f"{other} {name}"] = (other, out[name])
     return table
 
