@@ -125,6 +125,15 @@ _FEATURE_STAGES += [
     *((f"{_BEST_TEXTURE}+ensemble{n}", _BEST_TEXTURE, {"n_members": n}) for n in (3, 5)),
 ]
 _STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
+# mclSTExp trains on sets of 128 shuffled spots (~4 steps per epoch here) and embeds the bank in
+# sets of 32 consecutive ones, weighting the k references by 1/d²: each of these changed alone
+_MCLSTEXP_SWEEP: dict[str, dict[str, Any]] = {
+    "mean": {"weighting": "mean"},
+    "bs32": {"batch_size": 32},
+    "slide": {"spot_context": "slide"},
+    "eval128": {"eval_set_size": 128},
+    **{f"{n}ep": {"epochs": n} for n in (100, 200)},
+}
 
 # keys of a variant that are cross_validate's own options, not tl.fit's (a variant's
 # "temperature" is the network's contrastive one; "retrieval_temperature" the softmax weighting's)
@@ -152,6 +161,9 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     for other in ("bleep", "mclstexp"):
         for name in ("features:handmade_30ep", "features:handmade_30ep+smooth0.5", _BEST_TEXTURE):
             table[f"{other} {name}"] = (other, out[name])
+    # mclSTExp's own recipe on the texture input, one change at a time (its spot sets, steps, weighting)
+    for label, change in _MCLSTEXP_SWEEP.items():
+        table[f"mclstexp {_BEST_TEXTURE}+{label}"] = ("mclstexp", {**out[_BEST_TEXTURE], **change})
     return table
 
 

@@ -58,6 +58,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmrcnet_texture_norecon_ensemble3": ("cmrcnet", {**_TEXTURE, "reconstruction": None, "n_members": 3}),
     "bleep_features": ("bleep", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
     "mclstexp_features": ("mclstexp", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
+    # mclSTExp on the texture input, trained long enough (docs/her2st.md: undertrained at 30 epochs)
+    "mclstexp_texture_100ep": ("mclstexp", {**_TEXTURE, "epochs": 100}),
 }
 
 
