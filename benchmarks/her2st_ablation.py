@@ -115,6 +115,7 @@ _FEATURE_STAGES: list[tuple[str, str, dict[str, Any]]] = [
 # wider one (732 numbers), reduced to its first principal axes on the training spots
 _TEXTURE = {"image_features": "texture", "epochs": 30, "lr": 1e-3}
 _BEST_TEXTURE = "texture_30ep+pca24+noval+stain+smooth0.5"
+_SLIDE_TEXTURE = "texture_30ep+pca24+noval+slide+smooth0.5"
 _FEATURE_STAGES += [
     ("texture_30ep", "", _TEXTURE),
     *((f"texture_30ep+pca{d}", "texture_30ep", {"feature_components": d}) for d in (8, 16, 24, 32, 48)),
@@ -123,6 +124,13 @@ _FEATURE_STAGES += [
     ("texture_30ep+pca24+noval+stain", "texture_30ep+pca24+noval", {"stain_normalize": True}),
     (_BEST_TEXTURE, "texture_30ep+pca24+noval+stain", {"smooth": 0.5}),
     *((f"{_BEST_TEXTURE}+ensemble{n}", _BEST_TEXTURE, {"n_members": n}) for n in (3, 5)),
+    # each slide's features standardised on its own spots (fit(slide_standardize=True)), instead
+    # of or on top of stain matching
+    ("texture_30ep+pca24+noval+smooth0.5", "texture_30ep+pca24+noval", {"smooth": 0.5}),
+    ("texture_30ep+pca24+noval+slide", "texture_30ep+pca24+noval", {"slide_standardize": True}),
+    (_SLIDE_TEXTURE, "texture_30ep+pca24+noval+slide", {"smooth": 0.5}),
+    ("texture_30ep+pca24+noval+slide+stain+smooth0.5", _SLIDE_TEXTURE, {"stain_normalize": True}),
+    *((f"{_SLIDE_TEXTURE}+ensemble{n}", _SLIDE_TEXTURE, {"n_members": n}) for n in (3,)),
 ]
 _STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
 # mclSTExp trains on sets of 128 shuffled spots (~4 steps per epoch here) and embeds the bank in
@@ -159,11 +167,13 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     )
     # the other methods on the best feature recipes
     for other in ("bleep", "mclstexp"):
-        for name in ("features:handmade_30ep", "features:handmade_30ep+smooth0.5", _BEST_TEXTURE):
+        best = ("features:handmade_30ep", "features:handmade_30ep+smooth0.5", _BEST_TEXTURE, _SLIDE_TEXTURE)
+        for name in best:
             table[f"{other} {name}"] = (other, out[name])
     # mclSTExp's own recipe on the texture input, one change at a time (its spot sets, steps, weighting)
     for label, change in _MCLSTEXP_SWEEP.items():
         table[f"mclstexp {_BEST_TEXTURE}+{label}"] = ("mclstexp", {**out[_BEST_TEXTURE], **change})
+    table[f"mclstexp {_SLIDE_TEXTURE}+100ep"] = ("mclstexp", {**out[_SLIDE_TEXTURE], "epochs": 100})
     return table
 
 

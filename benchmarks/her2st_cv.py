@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 _TEXTURE = {
     "image_features": "texture", "feature_components": 24, "val_fraction": 0.0, "epochs": 30, "lr": 1e-3,
 }  # fmt: skip
+_SLIDE = {**_TEXTURE, "slide_standardize": True}
 
 # command-line name → (method, model kwargs); "cmrcnet_norecon" is the paper's contrastive-only ablation
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -60,6 +61,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mclstexp_features": ("mclstexp", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
     # mclSTExp on the texture input, trained long enough (docs/her2st.md: undertrained at 30 epochs)
     "mclstexp_texture_100ep": ("mclstexp", {**_TEXTURE, "epochs": 100}),
+    # the same texture input, each slide's features standardised on its own spots
+    "cmrcnet_texture_slide": ("cmrcnet", _SLIDE),
+    "cmrcnet_texture_slide_norecon": ("cmrcnet", {**_SLIDE, "reconstruction": None}),
+    "cmrcnet_texture_slide_ensemble3": ("cmrcnet", {**_SLIDE, "reconstruction": None, "n_members": 3}),
+    "bleep_texture_slide": ("bleep", _SLIDE),
+    "mclstexp_texture_slide_100ep": ("mclstexp", {**_SLIDE, "epochs": 100}),
 }
 
 

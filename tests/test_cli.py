@@ -228,6 +228,17 @@ def test_fit_command_reduces_texture_features(small_h5ad, tmp_path):
     assert model.config["backbone_kwargs"] == {"in_features": 732, "components": 6}
 
 
+def test_fit_command_standardises_features_per_slide(small_h5ad, tmp_path):
+    model_dir = tmp_path / "model"
+    argv = ["-q", "fit", str(small_h5ad), "--out", str(model_dir), "--preset", "tiny", "--epochs", "1"]
+    argv += ["--image-features", "handmade", "--slide-standardize", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    assert stp.models.load(model_dir).patch["slide_standardize"] is True
+    plain = tmp_path / "plain"
+    assert main([*argv[:4], str(plain), *argv[5:9], "--image-features", "handmade", "--no-progress"]) == 0
+    assert stp.models.load(plain).patch["slide_standardize"] is False
+
+
 def test_fit_command_trains_on_feature_views(small_h5ad, tmp_path):
     model_dir = tmp_path / "model"
     argv = ["-q", "fit", str(small_h5ad), "--out", str(model_dir), "--preset", "cpu", "--epochs", "1"]

@@ -212,7 +212,7 @@ _FEATURE_COMPONENTS_HELP = (
 )
 _FIT_ONLY_FLAGS = (
     "batch_size", "lr", "checkpoint_dir", "table_key", "layer", "n_top_genes", "val_fraction",
-    "image_features", "feature_views", "feature_components", "patch_cache", "n_members",
+    "image_features", "feature_views", "feature_components", "slide_standardize", "patch_cache", "n_members",
 )  # fmt: skip
 
 
@@ -221,7 +221,7 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     names = {**_FIT_FLAGS, **{name: name for name in _FIT_ONLY_FLAGS}}
     options = {kw: getattr(args, attr) for attr, kw in names.items() if getattr(args, attr, None) is not None}
     # store_true flags: only passed when given
-    for flag in ("pretrained", "freeze_backbone", "stain_normalize", "compile"):
+    for flag in ("pretrained", "freeze_backbone", "stain_normalize", "slide_standardize", "compile"):
         if not options.get(flag):
             options.pop(flag, None)
     return options
@@ -312,6 +312,23 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _feature_options(p: argparse.ArgumentParser) -> None:
+    """``stpredict fit``'s options for training on image features instead of pixels."""
+    p.add_argument(
+        "--image-features",
+        default=None,
+        help="train on patch features instead of pixels: an obsm key (or SpatialData table) of "
+        "precomputed embeddings, or handmade / handmade_context / texture (computed from the pixels)",
+    )
+    p.add_argument("--feature-views", type=int, default=None, help=_FEATURE_VIEWS_HELP)
+    p.add_argument("--feature-components", type=int, default=None, help=_FEATURE_COMPONENTS_HELP)
+    p.add_argument(
+        "--slide-standardize",
+        action="store_true",
+        help="with --image-features: standardise each slide's features on its own spots (fit and predict)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     import stpredict
     from stpredict.datasets import DEMO_DATASETS
@@ -388,14 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--n-top-genes", type=int, default=1000, help="HVGs per slide (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="default: %(default)s")
-    p.add_argument(
-        "--image-features",
-        default=None,
-        help="train on patch features instead of pixels: an obsm key (or SpatialData table) of "
-        "precomputed embeddings, or handmade / handmade_context / texture (computed from the pixels)",
-    )
-    p.add_argument("--feature-views", type=int, default=None, help=_FEATURE_VIEWS_HELP)
-    p.add_argument("--feature-components", type=int, default=None, help=_FEATURE_COMPONENTS_HELP)
+    _feature_options(p)
     p.add_argument(
         "--patch-cache",
         default=None,

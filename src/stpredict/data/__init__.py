@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from stpredict._constants import DEFAULT_SPOT_DIAMETER_UM
 
+from ._features import slide_standardized
 from ._patches import SlideImage
 from ._spotdata import SlidePatches, SpotData
 
@@ -35,7 +36,14 @@ if TYPE_CHECKING:  # pragma: no cover
         to_tensor,
     )
 
-__all__ = ["SpotData", "SlideImage", "SlidePatches", "DEFAULT_SPOT_DIAMETER_UM", *_TORCH_NAMES]
+__all__ = [
+    "SpotData",
+    "SlideImage",
+    "SlidePatches",
+    "DEFAULT_SPOT_DIAMETER_UM",
+    "slide_standardized",
+    *_TORCH_NAMES,
+]
 
 
 def __getattr__(name: str):

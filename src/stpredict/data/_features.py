@@ -10,7 +10,11 @@ import pandas as pd
 
 from stpredict._validation import check_key, check_matrix, is_spatialdata
 
-__all__ = ["HANDMADE", "ViewAugmentation", "handmade_features", "spot_features"]
+__all__ = ["HANDMADE", "ViewAugmentation", "handmade_features", "slide_standardized", "spot_features"]
+
+# A slide's features are standardised on its own spots (`fit(slide_standardize=True)`): fewer
+# spots than this give noisy statistics (a warning), fewer than 2 none at all (an error).
+FEW_SLIDE_SPOTS = 30
 
 
 @dataclass(frozen=True)
@@ -146,3 +150,45 @@ def spot_features(
         missing = pd.Index(sd.obs_names)[order < 0][:5].tolist()
         raise KeyError(f"{what}: {where} has no row for {int((order < 0).sum())} spot(s), e.g. {missing}.")
     return np.ascontiguousarray(matrix[order])
+
+
+def slide_standardized(features: np.ndarray, library_ids: np.ndarray, *, what: str) -> np.ndarray:
+    """``features`` with each slide's spots centred and scaled by that slide's own mean and std.
+
+    ``(n, F)`` or ``(n, V, F)`` views (the statistics are those of view 0, the patch as predicted
+    on); ``library_ids``: the slide of each row. A feature constant within a slide becomes 0.
+    Removes what shifts or scales a feature on every spot of a slide alike (stain batch, scanner,
+    section thickness), at the cost of needing the slide's spots together.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.data import slide_standardized
+    >>> feats = np.array([[1.0], [3.0], [10.0], [30.0]])
+    >>> slide_standardized(feats, np.array(["a", "a", "b", "b"]), what="example").ravel()
+    array([-1.,  1., -1.,  1.], dtype=float32)
+    """
+    from stpredict._logging import logger
+
+    library_ids = np.asarray(library_ids)
+    if len(library_ids) != len(features):
+        raise ValueError(f"{what}: {len(features)} feature rows for {len(library_ids)} spots.")
+    out = np.empty(features.shape, dtype=np.float32)
+    for lib in pd.unique(library_ids):
+        rows = library_ids == lib
+        n = int(rows.sum())
+        if n < 2:
+            raise ValueError(
+                f"{what}: slide {str(lib)!r} has {n} spot(s); slide_standardize needs at least 2 spots per "
+                "slide (its features are standardised on the slide's own spots)."
+            )
+        if n < FEW_SLIDE_SPOTS:
+            logger.warning(
+                f"{what}: slide {str(lib)!r} has only {n} spots: its per-slide feature statistics are noisy."
+            )
+        block = features[rows].astype(np.float64)
+        first = block[:, 0] if block.ndim == 3 else block
+        mean, std = first.mean(axis=0), first.std(axis=0)
+        std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant feature: centred only
+        out[rows] = (block - mean) / std
+    return out

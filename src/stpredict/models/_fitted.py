@@ -217,7 +217,9 @@ class STPredictModel:
         Parameters
         ----------
         features
-            ``(n, F)`` features of the kind the model was trained on (``model.patch["features"]``).
+            ``(n, F)`` features of the kind the model was trained on (``model.patch["features"]``),
+            standardised per slide with :func:`stpredict.data.slide_standardized` when
+            ``model.patch["slide_standardize"]`` is set.
         batch_size, device, progress
             As in :meth:`embed_images`.
 
@@ -478,6 +480,7 @@ class STPredictModel:
             f"    genes: {len(self.genes)}, embedding dim: {self.embedding_dim}, parameters: {n_params:,}",
             (
                 f"    image input: features {self.patch.features!r} ({self._image_width()})"
+                + (", standardised per slide" if self.patch.slide_standardize else "")
                 if self.patch.features
                 else f"    patches: {self.patch.patch_size_um:g} µm → {self.patch.size} px"
                 + (" (frozen backbone)" if self.config.get("freeze_backbone") else "")

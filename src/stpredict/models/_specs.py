@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from stpredict._constants import IMAGENET_MEAN, IMAGENET_STD, Weighting
-from stpredict._validation import check_stain_stats
+from stpredict._validation import check_flag, check_stain_stats
 from stpredict.train import LoopSettings
 
 __all__ = ["Normalization", "PatchSpec", "Preset", "ReferenceBank", "RetrievalSpec", "TrainingSpec"]
@@ -109,7 +109,8 @@ class PatchSpec(_Fields):
     ``tta`` averages the embeddings of the 8 flips/rotations; ``features`` names precomputed
     features used instead of pixels; ``stain_target`` (``fit(stain_normalize=True)``) holds the
     training slides' mean and std of the H, E, D concentrations that every slide's patches are
-    matched to.
+    matched to; ``slide_standardize`` (``fit(slide_standardize=True)``): each slide's features are
+    standardised on its own spots.
     """
 
     _optional: ClassVar[tuple[str, ...]] = ("stain_target",)
@@ -121,8 +122,10 @@ class PatchSpec(_Fields):
     tta: bool = False
     features: str | None = None
     stain_target: list[list[float]] | None = None
+    slide_standardize: bool = False
 
     def __post_init__(self):
+        self.slide_standardize = check_flag(self.slide_standardize, what="PatchSpec.slide_standardize")
         if self.stain_target is not None:
             stats = check_stain_stats(self.stain_target, what="PatchSpec.stain_target")
             self.stain_target = stats.tolist()

@@ -13,6 +13,7 @@ import pandas as pd
 from stpredict._constants import GENE_SETS
 from stpredict._logging import logger
 from stpredict._validation import check_int, check_not_set, check_obs_column, check_positive, check_smoothing
+from stpredict.data._features import slide_standardized
 
 from ._runners import _KEY, BASELINES, Fold, MethodRunner, Runner
 
@@ -259,8 +260,19 @@ class _FeatureCache:
         self._spots: SpotData | None = None
         self._rows: np.ndarray | None = None
 
-    def get(self, obs_names: Sequence[str], patch_size_um: float, stain_target: Any = None) -> np.ndarray:
-        """Features of the spots ``obs_names`` (rows in that order)."""
+    def get(
+        self,
+        obs_names: Sequence[str],
+        patch_size_um: float,
+        stain_target: Any = None,
+        *,
+        per_slide: bool = False,
+    ) -> np.ndarray:
+        """Features of the spots ``obs_names`` (rows in that order).
+
+        ``per_slide``: each slide's features standardised on all its spots (as ``fit`` and
+        ``predict`` do with ``slide_standardize=True``).
+        """
         if self.patch_size_um is not None and patch_size_um != self.patch_size_um:
             self.features.clear()  # a method with another patch size: recompute
             self.stain_stats.clear()
@@ -282,7 +294,10 @@ class _FeatureCache:
         row = self._row_in_slide()
         for lib in needed:
             sel = sd.library_ids[pos] == lib
-            out[sel] = self.features[lib, tag][row[pos[sel]]]
+            block = self.features[lib, tag]
+            if per_slide:
+                block = slide_standardized(block, np.repeat(lib, len(block)), what="cross_validate")
+            out[sel] = block[row[pos[sel]]]
         return out
 
     def _row_in_slide(self) -> np.ndarray:
@@ -318,7 +333,7 @@ class _FeatureCache:
         feats = spot_features(slide, self.key, self.adata, what="cross_validate", patch_size_um=size)
         matched = "" if target is None else ", stain-matched to the fold's training slides"
         logger.info(
-            f"cross_validate: image features of slide {lib!r} ({len(idx)} spots{matched}) "
+            f"cross_validate: image features of slide {str(lib)!r} ({len(idx)} spots{matched}) "
             f"in {time.perf_counter() - t0:.1f} s."
         )
         return np.asarray(feats, dtype=np.float32)

@@ -165,6 +165,7 @@ def fit(
     image_features: str | None = None,
     feature_views: int = 1,
     feature_components: int | None = None,
+    slide_standardize: bool = False,
     stream: bool | None = None,
     patch_cache: str | os.PathLike | None = None,
     compile: bool = False,
@@ -282,6 +283,12 @@ def fit(
         With ``image_features``: project the standardised features on their first this many
         principal axes, fitted on the training spots and stored in the model (see
         :class:`stpredict.models.FeatureEncoder`). ``None``: the features as they are.
+    slide_standardize
+        With ``image_features``: centre and scale each slide's features by that slide's own mean
+        and std over its spots, at fit and at :func:`~stpredict.tl.predict` (which then needs
+        the slide's spots together, at least 30 for stable statistics). Removes what shifts a
+        whole section's features (stain, scanner, thickness); on her2st and MOB it lifts the
+        texture recipe beyond the seed spread (``docs/her2st.md``). Off by default.
     stream
         Cut the training patches from the slides as batches are read (memory independent of the
         number of spots; DataLoader workers read in parallel with ``num_workers``) instead of all
@@ -323,7 +330,7 @@ def fit(
         method, preset, device, image_size, pretrained, weights_path, model_kwargs,
         freeze_backbone=freeze_backbone,
         image_features=image_features, feature_views=feature_views,
-        feature_components=feature_components, seed=seed,
+        feature_components=feature_components, slide_standardize=slide_standardize, seed=seed,
         num_workers=num_workers, resume=resume,
         checkpoint_dir=checkpoint_dir, n_top_genes=n_top_genes, patch_size_um=patch_size_um,
         library_key=library_key, stream=stream, progress=progress, stain_normalize=stain_normalize,
@@ -364,6 +371,7 @@ class _FitPlan:
     image_features: str | None
     feature_views: int
     feature_components: int | None
+    slide_standardize: bool
     freeze_backbone: bool
     library_key: str
     stream: bool | None
@@ -402,6 +410,7 @@ def _plan(
         image_features=options["image_features"],
         feature_views=_feature_views(options["feature_views"], options["image_features"]),
         feature_components=_feature_components(options["feature_components"], options["image_features"]),
+        slide_standardize=_slide_standardize(options["slide_standardize"], options["image_features"]),
         freeze_backbone=bool(options["freeze_backbone"]),
         library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
         stain_normalize=check_flag(options["stain_normalize"], what="fit: `stain_normalize`"),
@@ -432,6 +441,13 @@ def _feature_components(value: Any, image_features: str | None) -> int | None:
             f"fit: feature_components={components} reduces precomputed features; it needs image_features=."
         )
     return components
+
+
+def _slide_standardize(value: Any, image_features: str | None) -> bool:
+    on = check_flag(value, what="fit: `slide_standardize`")
+    if on and image_features is None:
+        raise ValueError("fit: slide_standardize=True standardises image features; it needs image_features=.")
+    return on
 
 
 def _view_augmentation(plan: _FitPlan):
@@ -600,6 +616,7 @@ def _train(plan: _FitPlan, module, recipe, parts, sd, expr: _Expression):
         "image_features": plan.image_features,
         **({"feature_views": plan.feature_views} if plan.feature_views > 1 else {}),
         "stain_normalize": plan.stain_normalize,
+        **({"slide_standardize": True} if plan.slide_standardize else {}),
         "image_size": recipe.image_size,
         "recipe": recipe.fingerprint(),
         "n_spots": len(sd.obs_names),
@@ -676,12 +693,15 @@ def _resolve_hub(config: dict[str, Any], image_size_given: bool, user_kwargs: di
 
 def _read_features(sd, plan: _FitPlan, data) -> np.ndarray:
     """The spots' precomputed features, ``(n, F)`` or ``(n, V, F)`` views; the tower becomes "features"."""
-    from stpredict.data._features import spot_features
+    from stpredict.data._features import slide_standardized, spot_features
     from stpredict.models._encoders import FEATURES
 
     key, augment = plan.image_features, _view_augmentation(plan)
     assert key is not None
     features = spot_features(sd, key, data, what="fit", patch_size_um=plan.patch_size_um, augment=augment)
+    if plan.slide_standardize:
+        features = slide_standardized(features, sd.library_ids, what="fit")
+        logger.info(f"fit: features of each of {len(sd.libraries)} slide(s) standardised on its own spots")
     width = int(features.shape[-1])
     if plan.feature_components is not None and plan.feature_components > width:
         raise ValueError(
@@ -775,6 +795,7 @@ def _fitted_model(
             "tta": recipe.tta,
             "features": plan.image_features,
             "stain_target": None if stain is None else stain.tolist(),
+            "slide_standardize": plan.slide_standardize,
         },
         history=result.history,
         training={

@@ -129,7 +129,9 @@ def predict(
     embeddings are most cosine-similar are retrieved (:func:`stpredict.retrieval.retrieve`) and
     their normalised expression is averaged (``weighting``). Works on slides with or without
     measured expression. A model fitted with ``stain_normalize=True`` first matches each slide's
-    stain statistics to its training slides' (``model.patch["stain_target"]``).
+    stain statistics to its training slides' (``model.patch["stain_target"]``); one fitted with
+    ``slide_standardize=True`` standardises each slide's features on that slide's spots, so
+    predict a slide's spots together, not a few at a time.
 
     Results (see the design page, "Writing results"):
 
@@ -316,9 +318,13 @@ def _image_input(model, sd, data) -> Any:
         logger.info(f"predict: stain of {len(sd.libraries)} slide(s) matched to the model's training slides")
     key = model.patch.features
     if key:
-        from stpredict.data._features import spot_features
+        from stpredict.data._features import slide_standardized, spot_features
 
-        return spot_features(sd, key, data, what="predict", patch_size_um=model.patch.patch_size_um)
+        features = spot_features(sd, key, data, what="predict", patch_size_um=model.patch.patch_size_um)
+        if not model.patch.slide_standardize:
+            return features
+        logger.info(f"predict: features of each of {len(sd.libraries)} slide(s) standardised on its spots")
+        return slide_standardized(features, sd.library_ids, what="predict")
     from stpredict.data import SlidePatches
 
     # read batch by batch while embedding: memory is bounded by the batch, not the slide

@@ -224,8 +224,12 @@ class FeatureRunner:
         patch_um = float(reference.patch["patch_size_um"])
         bank = fold.bank()["expression"]
         stain = reference.patch.get("stain_target")  # the model's stain matching applies to the baseline too
-        train = self.features.get(np.asarray(fold.bank()["obs_names"]).astype(str), patch_um, stain)
-        test = self.features.get(fold.truth.index, patch_um, stain)
+        # and so does its per-slide standardisation, when it reads the baseline's own features
+        per_slide = self._same_features(reference) and reference.patch.slide_standardize
+        train = self.features.get(
+            np.asarray(fold.bank()["obs_names"]).astype(str), patch_um, stain, per_slide=per_slide
+        )
+        test = self.features.get(fold.truth.index, patch_um, stain, per_slide=per_slide)
         if self.label == "image_ridge":
             estimator: ImageFeatureKNN | ImageFeatureRidge = ImageFeatureRidge()
         else:  # on the model's principal axes when it reduces the same features (feature_components)
@@ -233,9 +237,13 @@ class FeatureRunner:
         values = estimator.fit(train, bank).predict(test)
         return [Prediction(self.label, values, 0.0, time.perf_counter() - t0)]
 
+    def _same_features(self, reference: STPredictModel) -> bool:
+        """Whether the reference model reads the baseline's own features."""
+        return reference.patch.get("features") == self.features.key
+
     def _components(self, reference: STPredictModel) -> int | None:
         """The reference model's ``feature_components`` if it reads the baseline's own features."""
-        if reference.patch.get("features") != self.features.key:
+        if not self._same_features(reference):
             return None
         return reference.config.get("backbone_kwargs", {}).get("components")
 
