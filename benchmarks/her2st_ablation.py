@@ -166,8 +166,8 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
         }
     )
     # the other methods on the best feature recipes
+    best = ("features:handmade_30ep", "features:handmade_30ep+smooth0.5", _BEST_TEXTURE, _SLIDE_TEXTURE)
     for other in ("bleep", "mclstexp"):
-        best = ("features:handmade_30ep", "features:handmade_30ep+smooth0.5", _BEST_TEXTURE, _SLIDE_TEXTURE)
         for name in best:
             table[f"{other} {name}"] = (other, out[name])
     # mclSTExp's own recipe on the texture input, one change at a time (its spot sets, steps, weighting)

@@ -51,3 +51,20 @@ def _propagate_stpredict_logs():
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's dataset cache from tests."""
     monkeypatch.setenv("STPREDICT_DATA_DIR", str(tmp_path_factory.getbasetemp() / "stpredict-cache"))
+
+
+@pytest.fixture(scope="module")
+def slides():
+    """Train (slides 0, 1) and test (slide 2) synthetic slides with ``obsm["X_feat"]``: 24 features
+    per spot, the 4 expression programmes and 20 noise columns (precomputed image features)."""
+    import numpy as np
+
+    import stpredict as stp
+
+    adata = stp.datasets.synthetic(n_slides=3, n_spots_per_side=8, n_genes=30, seed=4)
+    rng = np.random.default_rng(0)
+    programs = np.asarray(adata.obsm["programs"], dtype=np.float32)
+    adata.obsm["X_feat"] = np.hstack([programs, rng.normal(size=(adata.n_obs, 20)).astype(np.float32)])
+    train = adata[adata.obs["library_id"] != "slide2"].copy()
+    test = adata[adata.obs["library_id"] == "slide2"].copy()
+    return train, test

@@ -54,18 +54,6 @@ def test_bad_slides_are_refused_or_warned_about(caplog):
     assert "slide 'a' has only 5 spots" in caplog.text
 
 
-@pytest.fixture(scope="module")
-def slides():
-    """Three synthetic slides with 24 features per spot that follow the expression programmes."""
-    adata = stp.datasets.synthetic(n_slides=3, n_spots_per_side=8, n_genes=30, seed=4)
-    rng = np.random.default_rng(0)
-    programs = np.asarray(adata.obsm["programs"], dtype=np.float32)
-    adata.obsm["X_feat"] = np.hstack([programs, rng.normal(size=(adata.n_obs, 20)).astype(np.float32)])
-    train = adata[adata.obs["library_id"] != "slide2"].copy()
-    test = adata[adata.obs["library_id"] == "slide2"].copy()
-    return train, test
-
-
 def test_predictions_ignore_a_slide_wide_shift_of_the_features(slides, tmp_path):
     train, test = slides
     model = stp.tl.fit(train, image_features="X_feat", slide_standardize=True, **FIT)

@@ -170,17 +170,6 @@ def test_feature_encoder_bad_components():
         enc.fit_standardisation(_correlated(n=6))
 
 
-@pytest.fixture(scope="module")
-def slides():
-    adata = stp.datasets.synthetic(n_slides=3, n_spots_per_side=8, n_genes=30, seed=4)
-    rng = np.random.default_rng(0)
-    programs = np.asarray(adata.obsm["programs"], dtype=np.float32)
-    adata.obsm["X_feat"] = np.hstack([programs, rng.normal(size=(adata.n_obs, 20)).astype(np.float32)])
-    train = adata[adata.obs["library_id"] != "slide2"].copy()
-    test = adata[adata.obs["library_id"] == "slide2"].copy()
-    return train, test
-
-
 def test_fit_with_feature_components_round_trips(slides, tmp_path):
     train, test = slides
     model = stp.tl.fit(train, image_features="X_feat", feature_components=4, epochs=2, **FIT)
