@@ -131,6 +131,14 @@ _FEATURE_STAGES += [
     (_SLIDE_TEXTURE, "texture_30ep+pca24+noval+slide", {"smooth": 0.5}),
     ("texture_30ep+pca24+noval+slide+stain+smooth0.5", _SLIDE_TEXTURE, {"stain_normalize": True}),
     *((f"{_SLIDE_TEXTURE}+ensemble{n}", _SLIDE_TEXTURE, {"n_members": n}) for n in (3,)),
+    # the number of principal axes and the patch's side, re-chosen under per-slide standardisation
+    *(
+        (f"texture_30ep+pca24+noval+slide+{label}", "texture_30ep+pca24+noval+slide", change)
+        for label, change in {
+            **{f"components{d}": {"feature_components": d} for d in (16, 32, 48)},
+            **{f"patch{um}um": {"patch_size_um": float(um)} for um in (84, 150)},
+        }.items()
+    ),
 ]
 _STAGES.append(("+val_pearson+smooth0.5", "+val_pearson", {"smooth": 0.5}))
 # mclSTExp trains on sets of 128 shuffled spots (~4 steps per epoch here) and embeds the bank in
@@ -141,6 +149,14 @@ _MCLSTEXP_SWEEP: dict[str, dict[str, Any]] = {
     "slide": {"spot_context": "slide"},
     "eval128": {"eval_set_size": 128},
     **{f"{n}ep": {"epochs": n} for n in (100, 200)},
+}
+
+# mclSTExp on pixels: the shared `cpu` rate (its preset before the sixth step) and its authors'
+# (its preset since), each at 30 and 100 epochs
+_MCLSTEXP_CPU_SWEEP: dict[str, dict[str, Any]] = {
+    f"{label}{suffix}": {"lr": lr, **change}
+    for label, lr in (("lr1e-3", 1e-3), ("lr1e-4", 1e-4))
+    for suffix, change in (("", {}), ("+100ep", {"epochs": 100}))
 }
 
 # keys of a variant that are cross_validate's own options, not tl.fit's (a variant's
@@ -174,6 +190,10 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     for label, change in _MCLSTEXP_SWEEP.items():
         table[f"mclstexp {_BEST_TEXTURE}+{label}"] = ("mclstexp", {**out[_BEST_TEXTURE], **change})
     table[f"mclstexp {_SLIDE_TEXTURE}+100ep"] = ("mclstexp", {**out[_SLIDE_TEXTURE], "epochs": 100})
+    # BLEEP and mclSTExp at their bare `cpu` preset (pixels); mclSTExp's learning rate and epochs
+    table.update({f"{other} cpu": (other, {}) for other in ("bleep", "mclstexp")})
+    for label, change in _MCLSTEXP_CPU_SWEEP.items():
+        table[f"mclstexp cpu+{label}"] = ("mclstexp", change)
     return table
 
 

@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmrcnet_norecon": ("cmrcnet", {"reconstruction": None}),
     "bleep": ("bleep", {}),
     "mclstexp": ("mclstexp", {}),
+    # mclSTExp's `cpu` preset before it took its authors' learning rate (docs/her2st.md, sixth step)
+    "mclstexp_lr1e-3": ("mclstexp", {"lr": 1e-3}),
     # the same network on the image-kNN baseline's colour/texture features of each patch
     "cmrcnet_features": ("cmrcnet", {"image_features": "handmade", "epochs": 30, "lr": 1e-3}),
     "cmrcnet_features_norecon": (

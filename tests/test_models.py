@@ -82,6 +82,23 @@ def test_default_configs_are_complete_and_distinct():
     assert CMRCNet.eval_set_size is None
 
 
+def test_cpu_presets_share_the_cpu_recipe_and_mclstexp_keeps_its_learning_rate():
+    from stpredict.models._presets import CPU_TRAINING, method_presets
+    from stpredict.models._specs import RetrievalSpec, TrainingSpec
+
+    for cls in (CMRCNet, BLEEP, MclSTExp):
+        training = cls.presets["cpu"].training
+        expected = {**CPU_TRAINING, "lr": 1e-4} if cls is MclSTExp else CPU_TRAINING
+        assert {key: training[key] for key in CPU_TRAINING} == expected
+    # the method's own optimiser and batch stay (mclSTExp: Adam, sets of 128)
+    mcl = MclSTExp.presets["cpu"].training
+    assert (mcl.optimizer, mcl.batch_size) == ("adam", 128)
+    networks = {"cpu": {}, "paper": {}}
+    presets = method_presets(networks, TrainingSpec(epochs=7), RetrievalSpec(), cpu_training={"epochs": 3})
+    assert (presets["cpu"].training.epochs, presets["paper"].training.epochs) == (3, 7)
+    assert presets["cpu"].training.lr == CPU_TRAINING["lr"]
+
+
 def test_cmrcnet_tiny_has_17_tokens_and_mean_pools_all_of_them():
     module = CMRCNet(N_GENES, **CMRCNet.default_config("tiny")).eval()
     image = _batch(32)["image"]

@@ -39,13 +39,16 @@ def method_presets(
     networks: Mapping[str, Mapping[str, Any]],
     training: TrainingSpec,
     retrieval: RetrievalSpec,
+    *,
+    cpu_training: Mapping[str, Any] | None = None,
 ) -> dict[str, Preset]:
     """A method's presets from its networks per preset and its authors' training and retrieval.
 
-    ``cpu`` trains with :data:`CPU_TRAINING`, ``tiny`` with 2 epochs of batches of 16; every
-    other preset (the paper's) with ``training`` as given.
+    ``cpu`` trains with :data:`CPU_TRAINING` (updated by the method's ``cpu_training``), ``tiny``
+    with 2 epochs of batches of 16; every other preset (the paper's) with ``training`` as given.
     """
-    recipes = {"cpu": replace(training, **CPU_TRAINING), "tiny": replace(training, epochs=2, batch_size=16)}
+    cpu = replace(training, **{**CPU_TRAINING, **(cpu_training or {})})
+    recipes = {"cpu": cpu, "tiny": replace(training, epochs=2, batch_size=16)}
     return {
         name: Preset(network=dict(network), training=recipes.get(name, training), retrieval=retrieval)
         for name, network in networks.items()
