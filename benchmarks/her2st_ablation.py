@@ -40,7 +40,8 @@ _STAGES: list[tuple[str, str, dict[str, Any]]] = [
     ("+stain_translate", "cnn64_lr1e-3_30ep", {"stain_jitter": 0.05, "translate": 0.25}),
     ("+tta", "+stain_translate", {"tta": True}),
     ("+val_pearson", "+tta", {"select_epoch": "val_pearson"}),
-    ("+100ep", "+val_pearson", {"epochs": 100}),
+    ("+100ep", "+val_pearson", {"epochs": 100}),  # CMRCNet's `cpu` preset since the seventh step
+    ("+200ep", "+val_pearson", {"epochs": 200}),
     ("+100ep_bs32", "+100ep", {"batch_size": 32}),
 ]
 
@@ -192,6 +193,7 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     table[f"mclstexp {_SLIDE_TEXTURE}+100ep"] = ("mclstexp", {**out[_SLIDE_TEXTURE], "epochs": 100})
     # BLEEP and mclSTExp at their bare `cpu` preset (pixels); mclSTExp's learning rate and epochs
     table.update({f"{other} cpu": (other, {}) for other in ("bleep", "mclstexp")})
+    table["bleep cpu+100ep"] = ("bleep", {"epochs": 100})
     for label, change in _MCLSTEXP_CPU_SWEEP.items():
         table[f"mclstexp cpu+{label}"] = ("mclstexp", change)
     return table
