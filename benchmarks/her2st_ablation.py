@@ -40,7 +40,7 @@ _STAGES: list[tuple[str, str, dict[str, Any]]] = [
     ("+stain_translate", "cnn64_lr1e-3_30ep", {"stain_jitter": 0.05, "translate": 0.25}),
     ("+tta", "+stain_translate", {"tta": True}),
     ("+val_pearson", "+tta", {"select_epoch": "val_pearson"}),
-    ("+100ep", "+val_pearson", {"epochs": 100}),  # CMRCNet's `cpu` preset since the seventh step
+    ("+100ep", "+val_pearson", {"epochs": 100}),  # the `cpu` preset since the seventh step
     ("+200ep", "+val_pearson", {"epochs": 200}),
     ("+100ep_bs32", "+100ep", {"batch_size": 32}),
 ]
@@ -191,8 +191,9 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     for label, change in _MCLSTEXP_SWEEP.items():
         table[f"mclstexp {_BEST_TEXTURE}+{label}"] = ("mclstexp", {**out[_BEST_TEXTURE], **change})
     table[f"mclstexp {_SLIDE_TEXTURE}+100ep"] = ("mclstexp", {**out[_SLIDE_TEXTURE], "epochs": 100})
-    # BLEEP and mclSTExp at their bare `cpu` preset (pixels); mclSTExp's learning rate and epochs
-    table.update({f"{other} cpu": (other, {}) for other in ("bleep", "mclstexp")})
+    # BLEEP and mclSTExp at their `cpu` presets of the sixth step (pixels, 30 epochs; BLEEP's trains
+    # 100 since the seventh: "bleep cpu+100ep"); mclSTExp's learning rate and epochs
+    table.update({f"{other} cpu": (other, {"epochs": 30}) for other in ("bleep", "mclstexp")})
     table["bleep cpu+100ep"] = ("bleep", {"epochs": 100})
     for label, change in _MCLSTEXP_CPU_SWEEP.items():
         table[f"mclstexp cpu+{label}"] = ("mclstexp", change)
