@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from her2st_cv import load_her2st  # noqa: E402
+from her2st_image_keys import unit_rows  # noqa: E402
 
 SECTIONS = ["C2", "C3", "C4", "C5"]
 K = 50
@@ -52,11 +53,6 @@ TEXTURE = {
     "epochs": 30, "lr": 1e-3, "reconstruction": None,
 }  # fmt: skip
 PIXEL_WEIGHTS = (0.0, 0.2, 0.35, 0.5, 1.0)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length."""
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def centred_per_slide(x: np.ndarray, library_ids: np.ndarray) -> np.ndarray:
@@ -84,10 +80,11 @@ def centre_rankings(pixel, train, test) -> dict[str, tuple[np.ndarray, np.ndarra
     if not np.array_equal(np.asarray(pixel.bank.obs_names), np.asarray(train.obs_names).astype(str)):
         raise RuntimeError("the bank's spots are not the training spots in their order")
     keys = pixel.bank.embeddings
+    centred = query - query.mean(axis=0)  # the held-out section is one slide
     return {
-        "query to training mean": (query - query.mean(axis=0) + train_images.mean(axis=0), keys),
-        "both per slide": (query - query.mean(axis=0), centred_per_slide(keys, bank_libs)),
-        "image keys per slide": (query - query.mean(axis=0), centred_per_slide(train_images, bank_libs)),
+        "query to training mean": (centred + train_images.mean(axis=0), keys),
+        "both per slide": (centred, centred_per_slide(keys, bank_libs)),
+        "image keys per slide": (centred, centred_per_slide(train_images, bank_libs)),
     }
 
 
