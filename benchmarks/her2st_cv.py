@@ -39,6 +39,8 @@ _SLIDE = {**_TEXTURE, "slide_standardize": True}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmrcnet": ("cmrcnet", {}),
     "cmrcnet_norecon": ("cmrcnet", {"reconstruction": None}),
+    # the preset with each held-out slide's stain matched to the training slides'
+    "cmrcnet_stain": ("cmrcnet", {"stain_normalize": True}),
     "bleep": ("bleep", {}),
     "mclstexp": ("mclstexp", {}),
     # mclSTExp's `cpu` preset before it took its authors' learning rate (docs/her2st.md, sixth step)
