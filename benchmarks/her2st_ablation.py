@@ -30,15 +30,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from her2st_cv import load_her2st  # noqa: E402
 
 # name → (method, fit keyword overrides). Each row adds one change to the row it names.
-# pixel rows before the eighth step read the slides as scanned (the `cpu` preset matches stains since)
-_AS_SCANNED = {"stain_normalize": False}
-_VIT = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 4}, "image_size": 112, **_AS_SCANNED}
-_CNN = {
-    "backbone": "resnet18",
-    "backbone_kwargs": {"channels": [32, 64, 128, 256]},
-    "image_size": 64,
-    **_AS_SCANNED,
-}
+_VIT = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 4}, "image_size": 112}
+_CNN = {"backbone": "resnet18", "backbone_kwargs": {"channels": [32, 64, 128, 256]}, "image_size": 64}
 _STAGES: list[tuple[str, str, dict[str, Any]]] = [
     # (name, based on, change)
     ("vit112_lr1e-4_10ep", "", {**_VIT, "lr": 1e-4, "epochs": 10}),  # the first `cpu` preset
@@ -47,8 +40,7 @@ _STAGES: list[tuple[str, str, dict[str, Any]]] = [
     ("+stain_translate", "cnn64_lr1e-3_30ep", {"stain_jitter": 0.05, "translate": 0.25}),
     ("+tta", "+stain_translate", {"tta": True}),
     ("+val_pearson", "+tta", {"select_epoch": "val_pearson"}),
-    ("+100ep", "+val_pearson", {"epochs": 100}),  # the `cpu` preset of the seventh step
-    ("+100ep+stain", "+100ep", {"stain_normalize": True}),  # the `cpu` preset since the eighth step
+    ("+100ep", "+val_pearson", {"epochs": 100}),  # the `cpu` preset since the seventh step
     ("+200ep", "+val_pearson", {"epochs": 200}),
     ("+100ep_bs32", "+100ep", {"batch_size": 32}),
 ]
@@ -201,10 +193,10 @@ def _variants() -> dict[str, tuple[str, dict[str, Any]]]:
     table[f"mclstexp {_SLIDE_TEXTURE}+100ep"] = ("mclstexp", {**out[_SLIDE_TEXTURE], "epochs": 100})
     # BLEEP and mclSTExp at their `cpu` presets of the sixth step (pixels, 30 epochs; BLEEP's trains
     # 100 since the seventh: "bleep cpu+100ep"); mclSTExp's learning rate and epochs
-    table.update({f"{other} cpu": (other, {"epochs": 30, **_AS_SCANNED}) for other in ("bleep", "mclstexp")})
-    table["bleep cpu+100ep"] = ("bleep", {"epochs": 100, **_AS_SCANNED})
+    table.update({f"{other} cpu": (other, {"epochs": 30}) for other in ("bleep", "mclstexp")})
+    table["bleep cpu+100ep"] = ("bleep", {"epochs": 100})
     for label, change in _MCLSTEXP_CPU_SWEEP.items():
-        table[f"mclstexp cpu+{label}"] = ("mclstexp", {**change, **_AS_SCANNED})
+        table[f"mclstexp cpu+{label}"] = ("mclstexp", change)
     return table
 
 

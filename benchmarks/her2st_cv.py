@@ -39,10 +39,8 @@ _SLIDE = {**_TEXTURE, "slide_standardize": True}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmrcnet": ("cmrcnet", {}),
     "cmrcnet_norecon": ("cmrcnet", {"reconstruction": None}),
-    # the preset with / without each slide's stain matched to the training slides' (the `cpu`
-    # preset matches since the eighth step of docs/her2st.md; before, it read slides as scanned)
+    # the preset with each held-out slide's stain matched to the training slides'
     "cmrcnet_stain": ("cmrcnet", {"stain_normalize": True}),
-    "cmrcnet_as_scanned": ("cmrcnet", {"stain_normalize": False}),
     "bleep": ("bleep", {}),
     "mclstexp": ("mclstexp", {}),
     # mclSTExp's `cpu` preset before it took its authors' learning rate (docs/her2st.md, sixth step)

@@ -134,11 +134,9 @@ def test_cli_fit_has_a_stain_normalize_flag():
     from stpredict.cli import _fit_options, _parser
 
     on = _parser().parse_args(["fit", "x.h5ad", "--out", "m", "--stain-normalize"])
-    off = _parser().parse_args(["fit", "x.h5ad", "--out", "m", "--no-stain-normalize"])
-    preset = _parser().parse_args(["fit", "x.h5ad", "--out", "m"])
+    off = _parser().parse_args(["fit", "x.h5ad", "--out", "m"])
     assert _fit_options(on)["stain_normalize"] is True
-    assert _fit_options(off)["stain_normalize"] is False
-    assert "stain_normalize" not in _fit_options(preset)  # the preset decides
+    assert "stain_normalize" not in _fit_options(off)
 
 
 def test_stain_normalize_with_precomputed_features_warns(caplog):
@@ -149,17 +147,3 @@ def test_stain_normalize_with_precomputed_features_warns(caplog):
             train, preset="tiny", epochs=1, image_features="X_mine", stain_normalize=True, progress=False
         )
     assert "does not change the precomputed features 'X_mine'" in caplog.text
-
-
-def test_the_cpu_preset_stain_matches_pixels_unless_told_otherwise(caplog):
-    train, _ = synthetic_split(n_genes=16, seed=0)
-    kwargs = {"preset": "cpu", "epochs": 1, "seed": 0, "device": "cpu", "progress": False}
-    with caplog.at_level("INFO", logger="stpredict"):
-        model = stp.tl.fit(train, **kwargs)
-    assert np.asarray(model.patch["stain_target"]).shape == (2, 3)
-    assert "'cpu' preset matches each slide's stain" in caplog.text
-    assert "stain_target" not in stp.tl.fit(train, stain_normalize=False, **kwargs).patch
-    # off with image features (the texture recipe standardises per slide instead), and in `tiny`
-    features = stp.tl.fit(train, image_features="handmade", **kwargs)
-    assert "stain_target" not in features.patch
-    assert "stain_target" not in stp.tl.fit(train, preset="tiny", epochs=1, progress=False).patch

@@ -220,8 +220,8 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keywords of :func:`stpredict.tl.fit` from the parsed flags (unset flags are left out)."""
     names = {**_FIT_FLAGS, **{name: name for name in _FIT_ONLY_FLAGS}}
     options = {kw: getattr(args, attr) for attr, kw in names.items() if getattr(args, attr, None) is not None}
-    # store_true flags: only passed when given (--[no-]stain-normalize: passed either way when given)
-    for flag in ("pretrained", "freeze_backbone", "slide_standardize", "compile"):
+    # store_true flags: only passed when given
+    for flag in ("pretrained", "freeze_backbone", "stain_normalize", "slide_standardize", "compile"):
         if not options.get(flag):
             options.pop(flag, None)
     return options
@@ -374,10 +374,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--stain-normalize",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="match every slide's H&E stain statistics to the training slides' (train and predict); "
-            "default: the preset's choice (on at --preset cpu from pixels)",
+            action="store_true",
+            help="match every slide's H&E stain statistics to the training slides' (train and predict)",
         )
         p.add_argument(
             "--compile", action="store_true", help="train the network compiled with torch.compile (GPU)"

@@ -26,10 +26,7 @@ PROJECTION_TRAINING = TrainingSpec()
 # The `cpu` recipe (stpredict.tl._recipe), measured in the same ablation, on top of a method's own.
 # 100 epochs, not 30: from pixels the network is still learning at 30 (her2st HEG r of CMRCNet
 # 0.224 -> 0.301, BLEEP 0.189 -> 0.29, ~2 min of fit per fold on 2 cores; docs/her2st.md, seventh step)
-# Slides read as pixels are stain-matched (fit(stain_normalize=None)): see docs/her2st.md, eighth
-# step, for what it costs and keeps under a stain shift.
 CPU_TRAINING: Mapping[str, Any] = {
-    "stain_normalize": True,
     "epochs": 100,
     "lr": 1e-3,
     "lr_min": 1e-5,

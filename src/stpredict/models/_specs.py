@@ -66,12 +66,10 @@ class _Fields(Mapping[str, Any]):
 class TrainingSpec(_Fields, LoopSettings):
     """A preset's training defaults, overridden by :func:`stpredict.tl.fit` keywords.
 
-    The loop's settings (:class:`stpredict.train.LoopSettings`), the recipe's augmentation and
-    epoch selection, and whether slides read as pixels are stain-matched
-    (``fit(stain_normalize=None)`` takes ``stain_normalize`` from here).
+    The loop's settings (:class:`stpredict.train.LoopSettings`) and the recipe's augmentation and
+    epoch selection.
     """
 
-    stain_normalize: bool = False
     stain_jitter: float = 0.0
     translate: float = 0.0
     tta: bool = False

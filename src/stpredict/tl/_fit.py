@@ -144,7 +144,7 @@ def fit(
     weight_decay: float | None = None,
     image_size: int | None = None,
     patch_size_um: float = 112.0,
-    stain_normalize: bool | None = None,
+    stain_normalize: bool = False,
     val_fraction: float = 0.2,
     stain_jitter: float | None = None,
     translate: float | None = None,
@@ -217,9 +217,7 @@ def fit(
         eosin and DAB concentrations (colour deconvolution, over the tissue pixels of up to 256
         spot patches) are mapped to the training slides' average (Reinhard-style, in HED space),
         at fit and, with the statistics stored in the model, at predict. Guards against a slide
-        stained or scanned differently (``docs/her2st.md`` measures it). ``None``: the preset's
-        choice for slides read as pixels (on at ``preset="cpu"``, off at ``"paper"`` and
-        ``"tiny"``), off with ``image_features``.
+        stained or scanned differently (``docs/her2st.md`` measures it); off by default.
     val_fraction
         Share of spots held out for validation, chosen at random with ``seed``; ``0`` trains on
         every spot and picks the epoch with the lowest training loss.
@@ -415,10 +413,7 @@ def _plan(
         slide_standardize=_slide_standardize(options["slide_standardize"], options["image_features"]),
         freeze_backbone=bool(options["freeze_backbone"]),
         library_key=options["library_key"], stream=options["stream"], progress=options["progress"],
-        stain_normalize=_stain_normalize(
-            options["stain_normalize"], cls.presets[preset].training.stain_normalize, preset,
-            options["image_features"],
-        ),
+        stain_normalize=check_flag(options["stain_normalize"], what="fit: `stain_normalize`"),
         compile=check_flag(options["compile"], what="fit: `compile`"),
         patch_cache=_patch_cache_folder(options["patch_cache"], options["image_features"]),
         n_members=_n_members(options["n_members"]), overrides=options["overrides"],
@@ -446,16 +441,6 @@ def _feature_components(value: Any, image_features: str | None) -> int | None:
             f"fit: feature_components={components} reduces precomputed features; it needs image_features=."
         )
     return components
-
-
-def _stain_normalize(value: Any, preset_default: bool, preset: str, image_features: str | None) -> bool:
-    """The flag as given, or (``None``) the preset's choice for slides read as pixels."""
-    if value is not None:
-        return check_flag(value, what="fit: `stain_normalize`")
-    on = bool(preset_default) and image_features is None
-    if on:
-        logger.info(f"fit: the {preset!r} preset matches each slide's stain to the training slides' (stain_normalize=False: off)")
-    return on
 
 
 def _slide_standardize(value: Any, image_features: str | None) -> bool:
