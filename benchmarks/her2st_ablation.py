@@ -41,6 +41,7 @@ _STAGES: list[tuple[str, str, dict[str, Any]]] = [
     ("+tta", "+stain_translate", {"tta": True}),
     ("+val_pearson", "+tta", {"select_epoch": "val_pearson"}),
     ("+100ep", "+val_pearson", {"epochs": 100}),  # the `cpu` preset since the seventh step
+    ("+100ep+stain", "+100ep", {"stain_normalize": True}),  # each slide's stain matched (eighth step)
     ("+200ep", "+val_pearson", {"epochs": 200}),
     ("+100ep_bs32", "+100ep", {"batch_size": 32}),
 ]

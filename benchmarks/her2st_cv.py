@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmrcnet_norecon": ("cmrcnet", {"reconstruction": None}),
     # the preset with each held-out slide's stain matched to the training slides'
     "cmrcnet_stain": ("cmrcnet", {"stain_normalize": True}),
+    "cmrcnet_stain_norecon": ("cmrcnet", {"stain_normalize": True, "reconstruction": None}),
+    "bleep_stain": ("bleep", {"stain_normalize": True}),
     "bleep": ("bleep", {}),
     "mclstexp": ("mclstexp", {}),
     # mclSTExp's `cpu` preset before it took its authors' learning rate (docs/her2st.md, sixth step)
