@@ -46,11 +46,16 @@ SCANNER = {"gamma_rgb": (0.8, 1.0, 1.25), "gain": 0.92}
 SMOOTH = 0.5
 
 
+def section(adata, lib: str):
+    """A copy of section ``lib`` (each ``predict`` writes into its own copy)."""
+    return adata[adata.obs["library_id"] == lib].copy()
+
+
 def shifted(adata, lib: str, kind: str = "stain"):
     """A copy of section ``lib`` whose H&E image went through :data:`SHIFT` (or :data:`SCANNER`)."""
     from stpredict.data._stain import hed_shift
 
-    out = adata[adata.obs["library_id"] == lib].copy()
+    out = section(adata, lib)
     images = out.uns["spatial"][lib]["images"]
     for key, img in images.items():
         rgb = np.asarray(img)[..., :3]
@@ -109,11 +114,11 @@ def _fold(adata, lib: str, genes, seed: int, fit_kwargs: dict) -> dict:
     start = time.perf_counter()
     train = adata[adata.obs["library_id"] != lib].copy()
     model = stp.tl.fit(train, preset="cpu", genes=genes, seed=seed, progress=False, **fit_kwargs)
-    test = adata[adata.obs["library_id"] == lib].copy()
+    test = section(adata, lib)
     r, calibrated, ood = heg_r(test, model)
     r_shift, _, ood_shift = heg_r(shifted(adata, lib), model)
     r_scanner, _, _ = heg_r(shifted(adata, lib, "scanner"), model)
-    r_smoothed, _, _ = heg_r(adata[adata.obs["library_id"] == lib].copy(), model, smooth=SMOOTH)
+    r_smoothed, _, _ = heg_r(section(adata, lib), model, smooth=SMOOTH)
     return {
         "held_out": lib,
         "heg_r": r,
